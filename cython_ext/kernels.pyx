@@ -1,0 +1,116 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Hot loops of fpfs: byte-plane split/merge and interleaved rANS, all with the GIL released.
+
+Python decides (fpfs/codecs), Cython loops (here). Every function validates its buffer
+sizes before dropping the GIL; the decoders validate every table and length in the
+payload before their unchecked inner loops.
+"""
+
+include "rans.pxi"
+include "planes.pxi"
+
+_ERRORS = {
+    ERR_TABLE: "malformed rANS frequency table",
+    ERR_TRUNCATED: "rANS stream truncated",
+    ERR_TRAILING: "rANS stream has trailing bytes",
+    ERR_STATE: "rANS final state mismatch",
+    ERR_LAYOUT: "inconsistent plane layout",
+    ERR_NOMEM: "out of memory",
+}
+
+
+class KernelError(ValueError):
+    """A payload failed validation in a decoder kernel."""
+
+
+cdef _raise(int rc):
+    if rc == ERR_NOMEM:
+        raise MemoryError(_ERRORS[rc])
+    raise KernelError(_ERRORS.get(rc, "kernel error %d" % rc))
+
+
+def _check_width(int width, int rot):
+    if width not in (1, 2, 4, 8):
+        raise ValueError("width must be 1, 2, 4 or 8, not %d" % width)
+    if not 0 <= rot < 8 * width:
+        raise ValueError("rotation %d out of range for width %d" % (rot, width))
+
+
+def encode_planes_into(const uint8_t[::1] src, int width, int rot,
+                       uint8_t[::1] scratch, uint8_t[::1] dst) -> int:
+    """Encode src as a PLANES payload into dst. Returns its size, or 0 if it would not be
+    smaller than len(dst) (store the chunk raw then)."""
+    cdef Py_ssize_t n = src.shape[0], r
+    _check_width(width, rot)
+    if n % width:
+        raise ValueError("%d bytes is not a whole number of %d-byte elements" % (n, width))
+    if scratch.shape[0] < n:
+        raise ValueError("scratch buffer too small")
+    if n == 0 or dst.shape[0] == 0:
+        return 0
+    with nogil:
+        r = encode_planes(&src[0], n, width, rot, &scratch[0], &dst[0], dst.shape[0])
+    if r < 0:
+        _raise(<int>r)
+    return r
+
+
+def decode_planes_into(const uint8_t[::1] payload, uint8_t[::1] out, uint8_t[::1] scratch):
+    """Decode a PLANES payload into all of out (its length is the chunk's original length)."""
+    cdef int rc
+    cdef Py_ssize_t n = out.shape[0]
+    if scratch.shape[0] < n:
+        raise ValueError("scratch buffer too small")
+    if n == 0:
+        if payload.shape[0] != 0:
+            raise KernelError("payload for an empty chunk")
+        return
+    if payload.shape[0] == 0:
+        _raise(ERR_LAYOUT)
+    with nogil:
+        rc = decode_planes(&payload[0], payload.shape[0], &out[0], n, &scratch[0])
+    if rc != OK:
+        _raise(rc)
+
+
+def rans_encode_bytes(const uint8_t[::1] src) -> bytes:
+    """One rANS stream for src (for tests and the K/V API); b'' when coding does not pay."""
+    cdef Py_ssize_t n = src.shape[0], r
+    if n == 0:
+        return b""
+    buf = bytearray(n)
+    cdef uint8_t[::1] dst = buf
+    with nogil:
+        r = rans_encode(&src[0], n, &dst[0], n)
+    if r < 0:
+        _raise(<int>r)
+    return bytes(buf[:r])
+
+
+def rans_decode_bytes(const uint8_t[::1] stream, Py_ssize_t n) -> bytes:
+    """Decode one rANS stream of exactly n symbols."""
+    cdef int rc
+    if n < 0:
+        raise ValueError("negative length")
+    if n == 0:
+        return b""
+    if stream.shape[0] == 0:
+        _raise(ERR_TRUNCATED)
+    out = bytearray(n)
+    cdef uint8_t[::1] o = out
+    with nogil:
+        rc = rans_decode(&stream[0], stream.shape[0], &o[0], n)
+    if rc != OK:
+        _raise(rc)
+    return bytes(out)
+
+
+def normalized_freqs(const uint8_t[::1] src) -> list:
+    """The 12-bit frequencies the encoder would use for src (for tests and stats)."""
+    cdef uint32_t counts[256]
+    cdef uint32_t freqs[256]
+    if src.shape[0] == 0:
+        return [0] * 256
+    histogram(&src[0], src.shape[0], counts)
+    normalize_freqs(counts, src.shape[0], freqs)
+    return [freqs[i] for i in range(256)]

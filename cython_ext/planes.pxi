@@ -1,0 +1,190 @@
+# Byte-plane transform and the PLANES chunk payload (FORMAT.md, "PLANES payload").
+#
+# A chunk of n elements of `width` bytes is rotated left by `rot` bits per element (so the
+# exponent of a float lands in one byte) and cut into `width` planes of n bytes, most
+# significant byte first. Each plane is then stored as CONST, RAW or RANS, whichever is
+# smallest.
+
+cdef enum:
+    PLANE_RAW = 0
+    PLANE_RANS = 1
+    PLANE_CONST = 2
+    PLANES_HEADER = 2         # u8 width, u8 rot
+    PLANE_ENTRY = 5           # u8 mode, u32 length
+
+
+cdef inline uint16_t _rotl16(uint16_t v, int r) noexcept nogil:
+    return <uint16_t>((v << r) | (v >> ((16 - r) & 15))) if r else v
+
+cdef inline uint32_t _rotl32(uint32_t v, int r) noexcept nogil:
+    return (v << r) | (v >> ((32 - r) & 31)) if r else v
+
+cdef inline uint64_t _rotl64(uint64_t v, int r) noexcept nogil:
+    return (v << r) | (v >> ((64 - r) & 63)) if r else v
+
+
+cdef void split_planes(const uint8_t* src, Py_ssize_t n, int width, int rot,
+                       uint8_t* dst) noexcept nogil:
+    """n elements of width bytes (little-endian) -> width planes of n bytes, MSB plane first."""
+    cdef Py_ssize_t i
+    cdef int j
+    cdef uint16_t v16
+    cdef uint32_t v32
+    cdef uint64_t v64
+    if width == 1:
+        memcpy(dst, src, n)
+    elif width == 2:
+        for i in range(n):
+            memcpy(&v16, src + 2 * i, 2)
+            v16 = _rotl16(v16, rot)
+            dst[i] = v16 >> 8
+            dst[n + i] = v16 & 0xFF
+    elif width == 4:
+        for i in range(n):
+            memcpy(&v32, src + 4 * i, 4)
+            v32 = _rotl32(v32, rot)
+            dst[i] = v32 >> 24
+            dst[n + i] = (v32 >> 16) & 0xFF
+            dst[2 * n + i] = (v32 >> 8) & 0xFF
+            dst[3 * n + i] = v32 & 0xFF
+    else:
+        for i in range(n):
+            memcpy(&v64, src + 8 * i, 8)
+            v64 = _rotl64(v64, rot)
+            for j in range(8):
+                dst[j * n + i] = (v64 >> (56 - 8 * j)) & 0xFF
+
+
+cdef void merge_planes(const uint8_t* src, Py_ssize_t n, int width, int rot,
+                       uint8_t* dst) noexcept nogil:
+    """Inverse of split_planes."""
+    cdef Py_ssize_t i
+    cdef int j
+    cdef uint16_t v16
+    cdef uint32_t v32
+    cdef uint64_t v64
+    cdef const uint8_t* p0 = src
+    cdef const uint8_t* p1 = src + n
+    cdef const uint8_t* p2 = src + 2 * n
+    cdef const uint8_t* p3 = src + 3 * n
+    if width == 1:
+        memcpy(dst, src, n)
+    elif width == 2:
+        for i in range(n):
+            v16 = _rotl16(<uint16_t>((p0[i] << 8) | p1[i]), (16 - rot) & 15)
+            memcpy(dst + 2 * i, &v16, 2)
+    elif width == 4:
+        for i in range(n):
+            v32 = (<uint32_t>p0[i] << 24) | (<uint32_t>p1[i] << 16) | (<uint32_t>p2[i] << 8) | p3[i]
+            v32 = _rotl32(v32, (32 - rot) & 31)
+            memcpy(dst + 4 * i, &v32, 4)
+    else:
+        for i in range(n):
+            v64 = 0
+            for j in range(8):
+                v64 = (v64 << 8) | src[j * n + i]
+            v64 = _rotl64(v64, (64 - rot) & 63)
+            memcpy(dst + 8 * i, &v64, 8)
+
+
+cdef Py_ssize_t encode_planes(const uint8_t* src, Py_ssize_t nbytes, int width, int rot,
+                              uint8_t* scratch, uint8_t* dst, Py_ssize_t cap) noexcept nogil:
+    """Write a PLANES payload for nbytes (a multiple of width) into dst.
+
+    scratch must hold nbytes. Returns the payload size, 0 when it would not be smaller
+    than cap, or ERR_NOMEM."""
+    cdef Py_ssize_t n = nbytes // width
+    cdef Py_ssize_t pos = PLANES_HEADER + PLANE_ENTRY * width
+    cdef Py_ssize_t written, j, k
+    cdef const uint8_t* plane
+    cdef uint8_t* entry
+    cdef bint same
+    if pos >= cap:
+        return 0
+    split_planes(src, n, width, rot, scratch)
+    dst[0] = width
+    dst[1] = rot
+    for j in range(width):
+        plane = scratch + j * n
+        entry = dst + PLANES_HEADER + PLANE_ENTRY * j
+        same = n > 0
+        for k in range(1, n):
+            if plane[k] != plane[0]:
+                same = False
+                break
+        if same:
+            if pos + 1 > cap:
+                return 0
+            entry[0] = PLANE_CONST
+            _wr32(entry + 1, 1)
+            dst[pos] = plane[0]
+            pos += 1
+            continue
+        written = rans_encode(plane, n, dst + pos, min(n, cap - pos))
+        if written < 0:
+            return written
+        if written > 0:
+            entry[0] = PLANE_RANS
+        else:
+            if pos + n > cap:
+                return 0
+            memcpy(dst + pos, plane, n)
+            written = n
+            entry[0] = PLANE_RAW
+        _wr32(entry + 1, <uint32_t>written)
+        pos += written
+    return pos if pos < cap else 0
+
+
+cdef int decode_planes(const uint8_t* src, Py_ssize_t srclen, uint8_t* out,
+                       Py_ssize_t nbytes, uint8_t* scratch) noexcept nogil:
+    """Decode a PLANES payload into exactly nbytes of out; scratch must hold nbytes.
+    The header and every plane length are validated before any plane is decoded."""
+    cdef int width, rot, j, rc, mode
+    cdef Py_ssize_t n, pos, length
+    cdef Py_ssize_t total
+    cdef uint8_t* planes
+    if srclen < PLANES_HEADER:
+        return ERR_LAYOUT
+    width = src[0]
+    rot = src[1]
+    if width != 1 and width != 2 and width != 4 and width != 8:
+        return ERR_LAYOUT
+    if rot >= 8 * width or nbytes % width:
+        return ERR_LAYOUT
+    n = nbytes // width
+    pos = PLANES_HEADER + PLANE_ENTRY * width
+    if srclen < pos:
+        return ERR_LAYOUT
+    total = pos
+    for j in range(width):
+        mode = src[PLANES_HEADER + PLANE_ENTRY * j]
+        length = _rd32(src + PLANES_HEADER + PLANE_ENTRY * j + 1)
+        if mode == PLANE_RAW:
+            if length != n:
+                return ERR_LAYOUT
+        elif mode == PLANE_CONST:
+            if length != 1:
+                return ERR_LAYOUT
+        elif mode != PLANE_RANS:
+            return ERR_LAYOUT
+        total += length
+    if total != srclen:
+        return ERR_LAYOUT
+    # Width 1 needs no merge: decode straight into the output.
+    planes = out if width == 1 else scratch
+    for j in range(width):
+        mode = src[PLANES_HEADER + PLANE_ENTRY * j]
+        length = _rd32(src + PLANES_HEADER + PLANE_ENTRY * j + 1)
+        if mode == PLANE_RAW:
+            memcpy(planes + j * n, src + pos, n)
+        elif mode == PLANE_CONST:
+            memset(planes + j * n, src[pos], n)
+        else:
+            rc = rans_decode(src + pos, length, planes + j * n, n)
+            if rc != OK:
+                return rc
+        pos += length
+    if width != 1:
+        merge_planes(scratch, n, width, rot, out)
+    return OK

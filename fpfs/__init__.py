@@ -1,0 +1,22 @@
+"""fpfs: lossless exponent/mantissa compression of neural-network weights, mounted as the
+original safetensors files.
+
+    fpfs.compress_file(src, dst)      safetensors -> .fpz (atomic, verified)
+    fpfs.decompress_file(src, dst)    .fpz -> original bytes
+    fpfs.verify_file(path)            every chunk checksum and the whole-file SHA-256
+    fpfs.open(path)                   read-only file object with pread over a .fpz
+"""
+from .compress import CompressResult, compress_file, decompress_file, verify_file
+from .errors import (CorruptChunk, CorruptContainer, FpfsError, NotSafetensors,
+                     UnsupportedVersion)
+from .packed_file import FpzFile, PackedFile
+from .packed_file import open_packed as open  # noqa: A001  (mirrors builtins.open)
+
+__version__ = "0.1.0"
+SUFFIX = ".fpz"
+
+__all__ = [
+    "compress_file", "decompress_file", "verify_file", "open", "FpzFile", "PackedFile",
+    "CompressResult", "FpfsError", "NotSafetensors", "CorruptContainer", "CorruptChunk",
+    "UnsupportedVersion", "SUFFIX",
+]

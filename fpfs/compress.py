@@ -1,0 +1,173 @@
+"""Whole-file operations: compress a safetensors file into a .fpz container, decompress it
+back, verify it. Outputs are written atomically (temporary file in the target directory,
+fsync, rename) and a compressed file is verified before it is renamed into place."""
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Tuple
+
+from .codecs import encode_chunk, dtype_code
+from .container import (DEFAULT_CHUNK_SIZE, ChunkRecord, Container, ContainerWriter, checksum,
+                        validate_chunk_size)
+from .errors import CorruptContainer
+from .safetensors_header import SafetensorsLayout, read_layout
+
+Progress = Optional[Callable[[int], None]]   # called with the number of original bytes done
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    original_size: int
+    stored_size: int
+
+    @property
+    def ratio(self) -> float:
+        return self.stored_size / self.original_size if self.original_size else 1.0
+
+
+def plan_chunks(layout: SafetensorsLayout, chunk_size: int) -> List[Tuple[int, int, str]]:
+    """(offset, length, dtype) of every chunk: regions cut at chunk_size, never spanning two."""
+    chunks = []
+    for r in layout.regions:
+        for off in range(r.offset, r.offset + r.length, chunk_size):
+            chunks.append((off, min(chunk_size, r.offset + r.length - off), r.dtype))
+    return chunks
+
+
+def _encode(view: memoryview, chunk: Tuple[int, int, str]) -> ChunkRecord:
+    off, length, dtype = chunk
+    data = view[off:off + length]
+    codec, payload = encode_chunk(data, dtype)
+    return ChunkRecord(off, length, codec, dtype_code(dtype), checksum(data), payload)
+
+
+def _ordered_map(pool: ThreadPoolExecutor, fn, items, window: int) -> Iterator:
+    """pool.map with a bounded number of results in flight (memory stays O(window))."""
+    pending = []
+    it = iter(items)
+    for item in it:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.pop(0).result()
+    for fut in pending:
+        yield fut.result()
+
+
+class _AtomicOutput:
+    """A temporary file beside dst that becomes dst only on commit()."""
+
+    def __init__(self, dst: str):
+        self.dst = dst
+        directory = os.path.dirname(os.path.abspath(dst))
+        fd, self.tmp = tempfile.mkstemp(prefix=".fpfs-tmp-", dir=directory)
+        self.file = os.fdopen(fd, "wb", buffering=1 << 20)
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.dst)
+        dir_fd = os.open(os.path.dirname(os.path.abspath(self.dst)), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+
+
+def compress_file(src: str, dst: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                  threads: Optional[int] = None, progress: Progress = None,
+                  verify: bool = True) -> CompressResult:
+    """Compress the safetensors file src into the container dst (atomically, verified)."""
+    validate_chunk_size(chunk_size)
+    layout = read_layout(src)
+    threads = threads or os.cpu_count() or 1
+    out = _AtomicOutput(dst)
+    try:
+        with open(src, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != layout.file_size:
+                raise CorruptContainer(f"{src}: changed while being compressed")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                try:
+                    stored = _write_container(view, layout, out.file, chunk_size, threads,
+                                              progress)
+                finally:
+                    view.release()
+        out.file.flush()
+        if verify:
+            verify_file(out.tmp)
+        out.commit()
+    except BaseException:
+        out.abort()
+        raise
+    return CompressResult(layout.file_size, stored)
+
+
+def _write_container(view, layout, file, chunk_size, threads, progress) -> int:
+    prefix = bytes(view[:layout.prefix_length])
+    sha = hashlib.sha256(prefix)
+    writer = ContainerWriter(file, prefix, layout.file_size, chunk_size)
+    done = layout.prefix_length
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fpfs-enc") as pool:
+        encode = lambda chunk: _encode(view, chunk)  # noqa: E731
+        for rec in _ordered_map(pool, encode, plan_chunks(layout, chunk_size), 4 * threads):
+            sha.update(view[rec.orig_offset:rec.orig_offset + rec.orig_length])
+            writer.add(rec)
+            done += rec.orig_length
+            if progress:
+                progress(done)
+    return writer.finish(sha.digest())
+
+
+def verify_file(path: str, progress: Progress = None) -> Container:
+    """Decode every chunk, check every checksum and the whole-file SHA-256.
+    Raises CorruptContainer (or a subclass) on any mismatch."""
+    with Container(path) as c:
+        sha = hashlib.sha256()
+        done = 0
+        for piece in c.iter_original():
+            sha.update(piece)
+            done += len(piece)
+            if progress:
+                progress(done)
+        if sha.digest() != c.sha256:
+            raise CorruptContainer(f"{path}: whole-file SHA-256 mismatch")
+        return c
+
+
+def decompress_file(src: str, dst: str, progress: Progress = None) -> int:
+    """Write the original bytes of container src to dst (atomically); returns its size.
+    The whole-file hash is checked before dst appears."""
+    with Container(src) as c:
+        out = _AtomicOutput(dst)
+        try:
+            sha = hashlib.sha256()
+            done = 0
+            for piece in c.iter_original():
+                sha.update(piece)
+                out.file.write(piece)
+                done += len(piece)
+                if progress:
+                    progress(done)
+            if sha.digest() != c.sha256:
+                raise CorruptContainer(f"{src}: whole-file SHA-256 mismatch")
+            out.commit()
+        except BaseException:
+            out.abort()
+            raise
+        return c.original_size

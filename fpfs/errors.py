@@ -1,0 +1,28 @@
+"""Typed errors. Everything fpfs raises on bad input derives from FpfsError, so the CLI can
+print one line and the mount can answer EIO without guessing."""
+
+
+class FpfsError(Exception):
+    """Base class of fpfs errors."""
+
+
+class NotSafetensors(FpfsError):
+    """The input is not a safetensors file (only safetensors files are compressed)."""
+
+
+class CorruptContainer(FpfsError):
+    """A .fpz file failed validation: bad magic, lengths, table, checksum or hash."""
+
+
+class UnsupportedVersion(CorruptContainer):
+    """The .fpz file was written by a newer fpfs (format version or flags unknown)."""
+
+
+class CorruptChunk(CorruptContainer):
+    """One chunk failed to decode or its checksum did not match."""
+
+    def __init__(self, path: str, index: int, reason: str):
+        super().__init__(f"{path}: chunk {index}: {reason}")
+        self.path = path
+        self.index = index
+        self.reason = reason

@@ -1,0 +1,14 @@
+"""Build the Cython kernels (cython_ext/) into fpfs._kernels; metadata lives in pyproject.toml."""
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+extensions = [
+    Extension(
+        "fpfs._kernels",
+        ["cython_ext/kernels.pyx"],
+        extra_compile_args=["-O3"],
+        depends=["cython_ext/rans.pxi", "cython_ext/planes.pxi"],
+    )
+]
+
+setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}))
