@@ -1,23 +1,35 @@
-# Interleaved static rANS over bytes: 8 lanes, 32-bit states, 16-bit renormalisation,
-# 12-bit probabilities.  The byte layout is specified in FORMAT.md ("rANS stream").
+# Interleaved static rANS over bytes: 8 lanes, 64-bit states, 32-bit renormalisation once per
+# PAIR of symbols per lane, 12-bit probabilities.  The byte layout is specified in
+# docs/RANS.md (and FORMAT.md, "rANS stream").
 #
-# Why these constants: a 12-bit table of 4096 x uint32 decode entries (16 KiB) stays in L1;
-# states live in [2^15, 2^31) so the encoder's reciprocal division (ryg's rans_byte trick)
-# is exact and one 16-bit read always suffices to renormalise; 8 lanes hide the
-# load -> multiply -> compare latency chain of a single state.
+# Why these constants: states live in [2^24, 2^56).  Decoding one symbol shrinks a state by
+# at most 12 bits, so two symbols shrink it by at most 24 bits and one 32-bit read then
+# always restores the invariant: a lane renormalises after every second symbol only, which
+# halves the (branch-free) renormalisation work per symbol.  The encoder mirrors this by
+# treating each pair as one symbol of frequency f1*f2 out of 2^24.  The decode tables are
+# three flat arrays (u8 symbol, u16 frequency, u16 bias; 20 KiB, L1 resident) so a symbol
+# costs three loads and and/shr/imul/add.  8 lanes hide the load -> multiply chain.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport malloc, free
 from libc.math cimport log2
 
+cdef extern from *:
+    # gcc/clang 128-bit integer, only for the encoder's exact reciprocal division.
+    ctypedef unsigned long long _u128 "unsigned __int128"
+
 cdef enum:
     SCALE_BITS = 12
     PROB_SCALE = 4096
     LANES = 8
-    RANS_L = 32768            # 1 << 15: lower bound of a normalised state
-    TABLE_BITMAP = 0          # freq table: 32-byte presence bitmap, then packed values
-    TABLE_ALL = 1             # freq table: all 256 symbols present, packed values
+    BLOCK = 16                # symbols per block: 2 per lane
+    TABLE_SPARSE = 0x10       # table flag: symbol set coded as gaps (else all 256 present)
+    EG_MAX_ZEROS = 20         # longest Exp-Golomb prefix a valid table can contain
+
+# Lower bound of a normalised state (2^24); states are < RANS_L << 32 = 2^56.
+cdef enum:
+    RANS_L = 0x1000000
 
 # Error codes shared with the Python layer (kernels.pyx maps them to messages).
 cdef enum:
@@ -101,94 +113,175 @@ cdef void normalize_freqs(const uint32_t* counts, Py_ssize_t n, uint32_t* freqs)
         total += 1
 
 
-cdef Py_ssize_t table_size(const uint32_t* freqs, int* kind, int* width) noexcept nogil:
-    """Bytes the serialised frequency table will take, and the layout chosen for it."""
-    cdef int s, present = 0
-    cdef uint32_t maxv = 0
+# ---------------------------------------------------------------------------------------
+# Frequency table: Exp-Golomb coded (docs/RANS.md).  byte 0 = k | TABLE_SPARSE?,
+# byte 1 = base (smallest frequency, 1..255), byte 2 = present - 1, then an LSB-first
+# bit stream: per present symbol [EG0(gap) if sparse] [EGk(freq - base) unless last].
+
+cdef inline int _eg_bits(uint32_t v, int k) noexcept nogil:
+    cdef uint32_t u = (v >> k) + 1
+    cdef int z = 0
+    while (u >> (z + 1)) != 0:
+        z += 1
+    return 2 * z + 1 + k
+
+
+cdef struct _BitW:
+    uint8_t* p
+    uint64_t acc
+    int nbits
+
+
+cdef inline void _bw_put(_BitW* w, uint32_t v, int nb) noexcept nogil:
+    # nb <= 32
+    w.acc |= (<uint64_t>v) << w.nbits
+    w.nbits += nb
+    while w.nbits >= 8:
+        w.p[0] = w.acc & 0xFF
+        w.p += 1
+        w.acc >>= 8
+        w.nbits -= 8
+
+
+cdef inline void _bw_eg(_BitW* w, uint32_t v, int k) noexcept nogil:
+    """Exp-Golomb order k: z zero bits, a one bit, then z + k low bits of u = v + 2^k."""
+    cdef uint32_t u = v + (1u << k)
+    cdef int z = 0, j
+    while (u >> (z + k + 1)) != 0:
+        z += 1
+    _bw_put(w, 1u << z, z + 1)                 # z zeros then the leading one
+    for j in range(z + k - 1, -1, -1):         # remaining bits, most significant first
+        _bw_put(w, (u >> j) & 1, 1)
+
+
+cdef int _table_layout(const uint32_t* freqs, int* k_out, int* base_out,
+                       int* present_out) noexcept nogil:
+    """Choose the table parameters; returns the serialised size in bytes."""
+    cdef int s, k, bits, best_bits = -1, best_k = 0, present = 0, last = -1, prev
+    cdef uint32_t fmin = 0xFFFFFFFFu
     for s in range(256):
         if freqs[s]:
             present += 1
-            if freqs[s] - 1 > maxv:
-                maxv = freqs[s] - 1
-    width[0] = 0
-    while (1u << width[0]) <= maxv:
-        width[0] += 1
-    kind[0] = TABLE_ALL if present == 256 else TABLE_BITMAP
-    return 2 + (0 if present == 256 else 32) + (present * width[0] + 7) // 8
+            last = s
+            if freqs[s] < fmin:
+                fmin = freqs[s]
+    if fmin > 255:
+        fmin = 255
+    for k in range(SCALE_BITS + 1):
+        bits = 0
+        prev = -1
+        for s in range(256):
+            if freqs[s]:
+                if present < 256:
+                    bits += _eg_bits(<uint32_t>(s - prev - 1), 0)
+                if s != last:
+                    bits += _eg_bits(freqs[s] - fmin, k)
+                prev = s
+        if best_bits < 0 or bits < best_bits:
+            best_bits = bits
+            best_k = k
+    k_out[0] = best_k
+    base_out[0] = fmin
+    present_out[0] = present
+    return 3 + (best_bits + 7) // 8
+
+
+cdef Py_ssize_t table_size(const uint32_t* freqs, int* kind, int* width) noexcept nogil:
+    """Bytes the serialised frequency table will take (kind = Exp-Golomb order k, width =
+    base frequency; both are passed back to write_table)."""
+    cdef int present
+    return _table_layout(freqs, kind, width, &present)
 
 
 cdef void write_table(const uint32_t* freqs, int kind, int width, uint8_t* dst) noexcept nogil:
-    cdef int s
-    cdef uint64_t acc = 0
-    cdef int nbits = 0
-    cdef uint8_t* p = dst
-    p[0] = kind
-    p[1] = width
-    p += 2
-    if kind == TABLE_BITMAP:
-        memset(p, 0, 32)
-        for s in range(256):
-            if freqs[s]:
-                p[s >> 3] |= <uint8_t>(1 << (s & 7))
-        p += 32
+    """Serialise freqs with Exp-Golomb order kind and base width (from table_size)."""
+    cdef int s, present = 0, last = -1, prev = -1
+    cdef _BitW w
     for s in range(256):
         if freqs[s]:
-            acc |= (<uint64_t>(freqs[s] - 1)) << nbits
-            nbits += width
-            while nbits >= 8:
-                p[0] = acc & 0xFF
-                p += 1
-                acc >>= 8
-                nbits -= 8
-    if nbits > 0:
-        p[0] = acc & 0xFF
+            present += 1
+            last = s
+    dst[0] = <uint8_t>(kind | (TABLE_SPARSE if present < 256 else 0))
+    dst[1] = <uint8_t>width
+    dst[2] = <uint8_t>(present - 1)
+    w.p = dst + 3
+    w.acc = 0
+    w.nbits = 0
+    for s in range(256):
+        if freqs[s]:
+            if present < 256:
+                _bw_eg(&w, <uint32_t>(s - prev - 1), 0)
+            if s != last:
+                _bw_eg(&w, freqs[s] - <uint32_t>width, kind)
+            prev = s
+    if w.nbits > 0:
+        w.p[0] = w.acc & 0xFF
+
+
+cdef inline int _br_eg(const uint8_t* src, Py_ssize_t bitlen, Py_ssize_t* bitpos, int k,
+                       uint32_t* v) noexcept nogil:
+    """Read one Exp-Golomb order-k value; -1 if malformed or past bitlen."""
+    cdef int z = 0, j
+    cdef Py_ssize_t b = bitpos[0]
+    cdef uint32_t u = 1
+    while True:
+        if b >= bitlen:
+            return -1
+        if (src[b >> 3] >> (b & 7)) & 1:
+            b += 1
+            break
+        b += 1
+        z += 1
+        if z > EG_MAX_ZEROS:
+            return -1
+    if b + z + k > bitlen:
+        return -1
+    for j in range(z + k):
+        u = (u << 1) | ((src[b >> 3] >> (b & 7)) & 1)
+        b += 1
+    bitpos[0] = b
+    v[0] = u - (1u << k)
+    return 0
 
 
 cdef Py_ssize_t read_table(const uint8_t* src, Py_ssize_t srclen, uint32_t* freqs) noexcept nogil:
     """Parse and validate a frequency table; returns bytes consumed or ERR_TABLE."""
-    cdef int s, kind, width, present = 0
-    cdef Py_ssize_t need, pos
-    cdef uint64_t acc = 0
-    cdef int nbits = 0
-    cdef uint32_t total = 0
-    cdef uint8_t present_map[256]
-    if srclen < 2:
+    cdef int s = -1, i, k, base, present, sparse
+    cdef uint32_t v, total = 0
+    cdef Py_ssize_t bitpos = 0, bitlen
+    if srclen < 3:
         return ERR_TABLE
-    kind = src[0]
-    width = src[1]
-    if width > SCALE_BITS or (kind != TABLE_ALL and kind != TABLE_BITMAP):
+    k = src[0] & 0x0F
+    sparse = src[0] & TABLE_SPARSE
+    base = src[1]
+    present = src[2] + 1
+    if (src[0] & 0xE0) or k > SCALE_BITS or base == 0:
         return ERR_TABLE
-    pos = 2
-    if kind == TABLE_ALL:
-        memset(present_map, 1, 256)
-        present = 256
-    else:
-        if srclen < 34:
-            return ERR_TABLE
-        for s in range(256):
-            present_map[s] = (src[2 + (s >> 3)] >> (s & 7)) & 1
-            present += present_map[s]
-        pos = 34
-    if present == 0:
+    if not sparse and present != 256:
         return ERR_TABLE
-    need = pos + (present * width + 7) // 8
-    if need > srclen:
-        return ERR_TABLE
-    for s in range(256):
-        if present_map[s]:
-            while nbits < width:
-                acc |= (<uint64_t>src[pos]) << nbits
-                pos += 1
-                nbits += 8
-            freqs[s] = <uint32_t>(acc & ((1u << width) - 1)) + 1
-            acc >>= width
-            nbits -= width
-            total += freqs[s]
+    memset(freqs, 0, 256 * sizeof(uint32_t))
+    bitlen = (srclen - 3) * 8
+    for i in range(present):
+        if sparse:
+            if _br_eg(src + 3, bitlen, &bitpos, 0, &v) < 0:
+                return ERR_TABLE
+            if v > <uint32_t>(254 - s):         # next symbol s + 1 + v must be <= 255
+                return ERR_TABLE
+            s = s + 1 + <int>v
         else:
-            freqs[s] = 0
-    if total != PROB_SCALE:
-        return ERR_TABLE
-    return need
+            s = i
+        if i < present - 1:
+            if _br_eg(src + 3, bitlen, &bitpos, k, &v) < 0:
+                return ERR_TABLE
+            if v > <uint32_t>(PROB_SCALE - base):
+                return ERR_TABLE
+            freqs[s] = v + <uint32_t>base
+            total += freqs[s]
+            if total >= PROB_SCALE:          # the implied last frequency must be >= 1
+                return ERR_TABLE
+        else:
+            freqs[s] = PROB_SCALE - total
+    return 3 + (bitpos + 7) // 8
 
 
 cdef double estimate_bits(const uint32_t* counts, const uint32_t* freqs) noexcept nogil:
@@ -200,81 +293,199 @@ cdef double estimate_bits(const uint32_t* counts, const uint32_t* freqs) noexcep
     return bits
 
 
+# ---------------------------------------------------------------------------------------
+# Encoder
+
+cdef struct _EncSym:
+    uint64_t rcp              # reciprocal of freq (ryg's rans64 trick; exact for x < 2^63)
+    uint32_t bias
+    uint32_t cmpl
+    uint32_t shift
+    uint32_t freq
+
+
+cdef inline uint64_t _put(uint64_t x, const _EncSym* e) noexcept nogil:
+    cdef uint64_t q = (<uint64_t>((<_u128>x * e.rcp) >> 64)) >> e.shift
+    return x + e.bias + q * e.cmpl
+
+
+cdef inline uint64_t _put_group(uint64_t x, const _EncSym* a, const _EncSym* b,
+                                uint8_t** pp) noexcept nogil:
+    """Encode the group (a, b) -- decoded in that order, then one renormalisation; b is
+    NULL for a lane's final lone symbol.  Caller guarantees 4 bytes of room before *pp."""
+    cdef uint64_t fprod = a.freq * (b.freq if b != NULL else <uint32_t>PROB_SCALE)
+    cdef uint8_t* p
+    if x >= (fprod << 32):
+        p = pp[0] - 4
+        _wr32(p, <uint32_t>x)
+        pp[0] = p
+        x >>= 32
+    if b != NULL:
+        x = _put(x, b)
+    return _put(x, a)
+
+
 cdef Py_ssize_t rans_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
                             Py_ssize_t cap) noexcept nogil:
     """Encode n bytes into dst; returns bytes written, 0 when the result would not be
     smaller than cap (the caller then stores the plane raw), or ERR_NOMEM."""
     cdef uint32_t counts[256]
     cdef uint32_t freqs[256]
-    cdef uint32_t cum[256]
-    cdef uint32_t x_max[256]
-    cdef uint32_t rcp[256]
-    cdef uint32_t bias[256]
-    cdef uint32_t cmpl[256]
-    cdef uint8_t shift[256]
-    cdef uint32_t states[LANES]
-    cdef int s, kind, width, lane
-    cdef uint32_t c = 0, f, sh, x
-    cdef Py_ssize_t i, hdr, body
+    cdef _EncSym es[256]
+    cdef uint64_t st[LANES]
+    cdef uint64_t x
+    cdef int s, k, base, lane, nb, present
+    cdef uint32_t c = 0, f, sh
+    cdef Py_ssize_t i, hdr, body, tbl, nfull, b, r
     cdef uint8_t* buf
     cdef uint8_t* ptr
     cdef uint8_t* limit
+    cdef uint8_t* q
+    cdef uint16_t lens = 0
     if n == 0 or cap <= 0:
         return 0
     histogram(src, n, counts)
     normalize_freqs(counts, n, freqs)
-    hdr = table_size(freqs, &kind, &width) + 4 * LANES
+    tbl = _table_layout(freqs, &k, &base, &present)
+    hdr = tbl + 2 + 4 * LANES            # states take 4..7 bytes each
     # Skip the encode when the order-0 estimate already says it cannot pay.
     if hdr + <Py_ssize_t>(estimate_bits(counts, freqs) / 8.0) >= cap:
         return 0
     for s in range(256):
-        cum[s] = c
         f = freqs[s]
-        c += f
+        es[s].freq = f
+        es[s].cmpl = PROB_SCALE - f
         if f == 0:
-            continue
-        x_max[s] = f << 19                      # ((RANS_L >> SCALE_BITS) << 16) * f
-        cmpl[s] = PROB_SCALE - f
-        if f < 2:
-            rcp[s] = 0xFFFFFFFFu
-            shift[s] = 0
-            bias[s] = cum[s] + PROB_SCALE - 1
+            es[s].rcp = 0
+            es[s].shift = 0
+            es[s].bias = 0
+        elif f < 2:
+            es[s].rcp = 0xFFFFFFFFFFFFFFFFu
+            es[s].shift = 0
+            es[s].bias = c + PROB_SCALE - 1
         else:
             sh = 0
             while f > (1u << sh):
                 sh += 1
-            rcp[s] = <uint32_t>(((<uint64_t>1 << (sh + 31)) + f - 1) // f)
-            shift[s] = sh - 1
-            bias[s] = cum[s]
+            es[s].rcp = <uint64_t>((((<_u128>1) << (sh + 63)) + f - 1) // f)
+            es[s].shift = sh - 1
+            es[s].bias = c
+        c += f
     buf = <uint8_t*>malloc(cap)
     if buf == NULL:
         return ERR_NOMEM
     ptr = buf + cap
-    limit = buf + hdr
+    limit = buf + hdr + 4 * LANES        # room for LANES words plus the header
     for lane in range(LANES):
-        states[lane] = RANS_L
-    i = n - 1
-    while i >= 0:
-        s = src[i]
-        lane = i & (LANES - 1)
-        x = states[lane]
-        if x >= x_max[s]:
-            ptr -= 2
-            if ptr < limit:
-                free(buf)
-                return 0
-            ptr[0] = x & 0xFF
-            ptr[1] = (x >> 8) & 0xFF
-            x >>= 16
-        states[lane] = x + bias[s] + (<uint32_t>(((<uint64_t>x * rcp[s]) >> 32) >> shift[s])) * cmpl[s]
-        i -= 1
+        st[lane] = RANS_L
+    nfull = n // BLOCK
+    r = n - nfull * BLOCK
+    # The partial last block first (the encoder runs backwards).
+    if r:
+        if ptr < limit:
+            free(buf)
+            return 0
+        i = nfull * BLOCK
+        for lane in range(LANES - 1, -1, -1):
+            if lane < r:
+                st[lane] = _put_group(st[lane], &es[src[i + lane]],
+                                      &es[src[i + LANES + lane]] if lane + LANES < r else NULL,
+                                      &ptr)
+    for b in range(nfull - 1, -1, -1):
+        if ptr < limit:                  # a block emits at most LANES words
+            free(buf)
+            return 0
+        i = b * BLOCK
+        for lane in range(LANES - 1, -1, -1):
+            st[lane] = _put_group(st[lane], &es[src[i + lane]], &es[src[i + LANES + lane]], &ptr)
     body = (buf + cap) - ptr
-    write_table(freqs, kind, width, dst)
+    # Header: table, u16 state lengths (2 bits per lane: bytes - 4), the states.
+    write_table(freqs, k, base, dst)
+    q = dst + tbl + 2
     for lane in range(LANES):
-        _wr32(dst + hdr - 4 * LANES + 4 * lane, states[lane])
+        x = st[lane]
+        nb = 4
+        while nb < 7 and (x >> (8 * nb)) != 0:
+            nb += 1
+        lens |= <uint16_t>((nb - 4) << (2 * lane))
+        for s in range(nb):
+            q[s] = (x >> (8 * s)) & 0xFF
+        q += nb
+    dst[tbl] = lens & 0xFF
+    dst[tbl + 1] = lens >> 8
+    hdr = q - dst
+    if hdr + body >= cap:
+        free(buf)
+        return 0
     memcpy(dst + hdr, ptr, body)
     free(buf)
     return hdr + body
+
+
+# ---------------------------------------------------------------------------------------
+# Decoder
+
+cdef struct _DecTab:
+    uint16_t freq[PROB_SCALE]
+    uint16_t bias[PROB_SCALE]
+    uint8_t sym[PROB_SCALE]
+
+
+cdef inline uint64_t _dsym(uint64_t x, const _DecTab* t, uint8_t* o) noexcept nogil:
+    cdef uint32_t slot = <uint32_t>x & (PROB_SCALE - 1)
+    o[0] = t.sym[slot]
+    return <uint64_t>t.freq[slot] * (x >> SCALE_BITS) + t.bias[slot]
+
+
+cdef inline uint64_t _dren(uint64_t x, const uint8_t** pp) noexcept nogil:
+    """Branch-free: whether a lane needs a word is data-dependent (unpredictable)."""
+    cdef const uint8_t* p = pp[0]
+    cdef uint64_t y = (x << 32) | _rd32(p)
+    cdef uint64_t c = x < RANS_L
+    pp[0] = p + (c << 2)
+    return x ^ ((x ^ y) & (0 - c))
+
+
+cdef Py_ssize_t _dec_blocks(uint64_t* st, const _DecTab* t, const uint8_t** pp,
+                            const uint8_t* stop, uint8_t* out, Py_ssize_t nblocks) noexcept nogil:
+    """Decode up to nblocks whole blocks with no bounds checks while *pp <= stop; the
+    caller guarantees 4 * BLOCK // 2 = 32 readable bytes from any p <= stop.  Returns the
+    number of blocks decoded."""
+    cdef uint64_t x0 = st[0], x1 = st[1], x2 = st[2], x3 = st[3]
+    cdef uint64_t x4 = st[4], x5 = st[5], x6 = st[6], x7 = st[7]
+    cdef const uint8_t* p = pp[0]
+    cdef Py_ssize_t b = 0
+    while b < nblocks and p <= stop:
+        x0 = _dsym(x0, t, out + 0)
+        x1 = _dsym(x1, t, out + 1)
+        x2 = _dsym(x2, t, out + 2)
+        x3 = _dsym(x3, t, out + 3)
+        x4 = _dsym(x4, t, out + 4)
+        x5 = _dsym(x5, t, out + 5)
+        x6 = _dsym(x6, t, out + 6)
+        x7 = _dsym(x7, t, out + 7)
+        x0 = _dsym(x0, t, out + 8)
+        x1 = _dsym(x1, t, out + 9)
+        x2 = _dsym(x2, t, out + 10)
+        x3 = _dsym(x3, t, out + 11)
+        x4 = _dsym(x4, t, out + 12)
+        x5 = _dsym(x5, t, out + 13)
+        x6 = _dsym(x6, t, out + 14)
+        x7 = _dsym(x7, t, out + 15)
+        x0 = _dren(x0, &p)
+        x1 = _dren(x1, &p)
+        x2 = _dren(x2, &p)
+        x3 = _dren(x3, &p)
+        x4 = _dren(x4, &p)
+        x5 = _dren(x5, &p)
+        x6 = _dren(x6, &p)
+        x7 = _dren(x7, &p)
+        out += BLOCK
+        b += 1
+    st[0] = x0; st[1] = x1; st[2] = x2; st[3] = x3
+    st[4] = x4; st[5] = x5; st[6] = x6; st[7] = x7
+    pp[0] = p
+    return b
 
 
 cdef int rans_decode(const uint8_t* src, Py_ssize_t srclen, uint8_t* out,
@@ -282,87 +493,80 @@ cdef int rans_decode(const uint8_t* src, Py_ssize_t srclen, uint8_t* out,
     """Decode exactly n bytes from a complete stream of srclen bytes. Every table and
     length is checked before the unchecked inner loop; returns OK or an ERR_* code."""
     cdef uint32_t freqs[256]
-    cdef uint32_t table[PROB_SCALE]
-    cdef uint32_t x0, x1, x2, x3, x4, x5, x6, x7, e, x, cumf = 0
-    cdef uint64_t syms
-    cdef uint32_t st[LANES]
-    cdef Py_ssize_t pos, i = 0, blocks, b
-    cdef int s, lane
-    cdef uint32_t k
+    cdef _DecTab t
+    cdef uint64_t st[LANES]
+    cdef uint8_t pad[64]
+    cdef uint64_t x
+    cdef uint32_t cumf = 0, f, kk
+    cdef uint16_t lens
+    cdef Py_ssize_t pos, i = 0, nfull, done, r, na, nb2
+    cdef int s, lane, nb, j
     cdef const uint8_t* p
     cdef const uint8_t* end
     pos = read_table(src, srclen, freqs)
     if pos < 0:
         return ERR_TABLE
-    for s in range(256):
-        for k in range(freqs[s]):
-            table[cumf + k] = <uint32_t>s | ((freqs[s] - 1) << 8) | (k << 20)
-        cumf += freqs[s]
-    if pos + 4 * LANES > srclen:
+    if pos + 2 > srclen:
         return ERR_TRUNCATED
+    lens = src[pos] | (<uint16_t>src[pos + 1] << 8)
+    pos += 2
     for lane in range(LANES):
-        st[lane] = _rd32(src + pos + 4 * lane)
-        if st[lane] < RANS_L or st[lane] >= 0x80000000u:
+        nb = 4 + ((lens >> (2 * lane)) & 3)
+        if pos + nb > srclen:
+            return ERR_TRUNCATED
+        x = 0
+        for j in range(nb):
+            x |= (<uint64_t>src[pos + j]) << (8 * j)
+        if x < RANS_L or x >= (<uint64_t>RANS_L << 32):
             return ERR_STATE
-    p = src + pos + 4 * LANES
-    end = src + srclen
-    x0 = st[0]; x1 = st[1]; x2 = st[2]; x3 = st[3]
-    x4 = st[4]; x5 = st[5]; x6 = st[6]; x7 = st[7]
-    while True:
-        # Each symbol reads at most one 16-bit word: a block of LANES symbols at most
-        # 2 * LANES bytes, so this many blocks can run with no bounds checks at all.
-        blocks = min((n - i) // LANES, (end - p) // (2 * LANES))
-        if blocks <= 0:
-            break
-        for b in range(blocks):
-            syms = 0
-            x0 = _step(x0, table, &syms, 0, &p)
-            x1 = _step(x1, table, &syms, 8, &p)
-            x2 = _step(x2, table, &syms, 16, &p)
-            x3 = _step(x3, table, &syms, 24, &p)
-            x4 = _step(x4, table, &syms, 32, &p)
-            x5 = _step(x5, table, &syms, 40, &p)
-            x6 = _step(x6, table, &syms, 48, &p)
-            x7 = _step(x7, table, &syms, 56, &p)
-            memcpy(out + i, &syms, 8)      # one store per block; byte stores would alias p
-            i += LANES
-    st[0] = x0; st[1] = x1; st[2] = x2; st[3] = x3
-    st[4] = x4; st[5] = x5; st[6] = x6; st[7] = x7
-    # Tail: the last few symbols (or a stream too short for a whole block), checked.
-    while i < n:
-        lane = i & (LANES - 1)
-        x = st[lane]
-        e = table[x & (PROB_SCALE - 1)]
-        out[i] = <uint8_t>e
-        x = (((e >> 8) & 0xFFF) + 1) * (x >> SCALE_BITS) + (e >> 20)
-        if x < RANS_L:
-            if end - p < 2:
-                return ERR_TRUNCATED
-            x = (x << 16) | p[0] | (<uint32_t>p[1] << 8)
-            p += 2
         st[lane] = x
-        i += 1
+        pos += nb
+    for s in range(256):
+        f = freqs[s]
+        if f:
+            memset(&t.sym[cumf], s, f)
+            for kk in range(f):
+                t.freq[cumf + kk] = <uint16_t>f
+                t.bias[cumf + kk] = <uint16_t>kk
+            cumf += f
+    p = src + pos
+    end = src + srclen
+    nfull = n // BLOCK
+    # Whole blocks straight from the stream while 32 readable bytes remain...
+    if end - p >= 32:
+        done = _dec_blocks(st, &t, &p, end - 32, out, nfull)
+        i = done * BLOCK
+        nfull -= done
+    # ... then from a zero-padded copy of the last < 32 bytes (reads past its valid part
+    # stay inside pad and are caught by the consumption check below).
+    if nfull > 0:
+        r = end - p
+        memset(pad, 0, sizeof(pad))
+        memcpy(pad, p, r)
+        p = pad
+        end = pad + r
+        done = _dec_blocks(st, &t, &p, end, out + i, nfull)
+        i += done * BLOCK
+        if done < nfull or p > end:
+            return ERR_TRUNCATED
+    # The partial last block, checked.
+    r = n - i
+    if r > 0:
+        na = min(r, LANES)
+        nb2 = r - LANES
+        for lane in range(na):
+            st[lane] = _dsym(st[lane], &t, out + i + lane)
+        for lane in range(nb2):
+            st[lane] = _dsym(st[lane], &t, out + i + LANES + lane)
+        for lane in range(na):
+            if st[lane] < RANS_L:
+                if end - p < 4:
+                    return ERR_TRUNCATED
+                st[lane] = (st[lane] << 32) | _rd32(p)
+                p += 4
     if p != end:
-        return ERR_TRAILING
+        return ERR_TRAILING if p < end else ERR_TRUNCATED
     for lane in range(LANES):
         if st[lane] != RANS_L:
             return ERR_STATE
     return OK
-
-
-cdef inline uint32_t _step(uint32_t x, const uint32_t* table, uint64_t* syms, int shift,
-                           const uint8_t** pp) noexcept nogil:
-    """One unchecked decode step; the renormalisation is branch-free because whether a
-    lane needs a word is data-dependent and would mispredict about half the time."""
-    cdef uint32_t e = table[x & (PROB_SCALE - 1)]
-    cdef const uint8_t* p = pp[0]
-    cdef uint32_t c, m
-    cdef uint16_t w
-    syms[0] |= (<uint64_t>(e & 0xFF)) << shift
-    x = (((e >> 8) & 0xFFF) + 1) * (x >> SCALE_BITS) + (e >> 20)
-    c = x < RANS_L
-    memcpy(&w, p, 2)
-    m = 0u - c
-    x = x ^ ((x ^ ((x << 16) | w)) & m)
-    pp[0] = p + (c << 1)
-    return x

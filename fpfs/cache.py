@@ -44,11 +44,11 @@ class ChunkCache:
         self.budget = budget_bytes
         self.used = 0
         self.stats = CacheStats()
-        self._lru: "OrderedDict[Hashable, memoryview]" = OrderedDict()
+        self._lru: "OrderedDict[Hashable, bytearray]" = OrderedDict()
         self._inflight: Dict[Hashable, _InFlight] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, load: Callable[[], memoryview]) -> memoryview:
+    def get(self, key: Hashable, load: Callable[[], bytearray]) -> bytearray:
         """The cached value for key, or load() it once however many threads ask at once.
         An exception from load() reaches every waiter and nothing is cached."""
         with self._lock:
@@ -93,7 +93,7 @@ class ChunkCache:
         with self._lock:
             return key in self._lru or key in self._inflight
 
-    def _insert(self, key: Hashable, value: memoryview) -> None:
+    def _insert(self, key: Hashable, value: bytearray) -> None:
         size = len(value)
         if size > self.budget:
             return

@@ -208,8 +208,9 @@ class Container:
             raise CorruptChunk(self.path, index, "file truncated")
         return data
 
-    def decode(self, index: int) -> memoryview:
-        """The original bytes of chunk `index`, checksum-verified, as a read-only view."""
+    def decode(self, index: int) -> bytearray:
+        """The original bytes of chunk `index`, checksum-verified. Callers share the result
+        through the cache and must not modify it."""
         e = self.table[index]
         payload = self.read_payload(index)
         out = bytearray(int(e["orig_length"]))
@@ -219,11 +220,11 @@ class Container:
             raise CorruptChunk(self.path, index, str(exc)) from None
         if checksum(out) != int(e["checksum"]):
             raise CorruptChunk(self.path, index, "checksum mismatch")
-        return memoryview(out).toreadonly()
+        return out
 
-    def iter_original(self) -> Iterator[memoryview]:
+    def iter_original(self) -> Iterator[bytes]:
         """All original bytes, in order (prefix first), every chunk verified."""
-        yield memoryview(self.prefix)
+        yield self.prefix
         for i in range(len(self.table)):
             yield self.decode(i)
 

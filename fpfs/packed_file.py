@@ -6,12 +6,13 @@ from __future__ import annotations
 import io
 import threading
 from concurrent.futures import Executor
-from typing import Optional
+from typing import List, Optional, Tuple, Union
 
 from .cache import ChunkCache
 from .container import Container
 
 DEFAULT_PREFETCH = 4     # chunks decoded ahead of a sequential reader
+Segment = Tuple[Union[bytes, bytearray], int, int]
 
 
 class PackedFile:
@@ -25,7 +26,7 @@ class PackedFile:
         self.cache = cache if cache is not None else ChunkCache(4 * self.container.chunk_size)
         self._pool = prefetch_pool
         self._prefetch = prefetch if prefetch_pool is not None else 0
-        self._prefix = memoryview(self.container.prefix)
+        self._prefix = self.container.prefix
         self._next_sequential = -1
         self._lock = threading.Lock()
 
@@ -33,39 +34,43 @@ class PackedFile:
     def identity(self):
         return self.container.identity
 
-    def chunk(self, index: int) -> memoryview:
-        """Decoded chunk `index` (through the cache). Raises CorruptChunk."""
+    def chunk(self, index: int) -> bytearray:
+        """Decoded chunk `index` (through the cache; shared, do not modify). Raises CorruptChunk."""
         return self.cache.get((self.container.identity, index),
                               lambda: self.container.decode(index))
 
-    def pread(self, offset: int, size: int):
-        """Up to size original bytes at offset (fewer only at end of file). Returns a
-        bytes-like object: a zero-copy read-only view when the range lies in one chunk."""
+    def pread_segments(self, offset: int, size: int) -> List[Segment]:
+        """The original bytes [offset, offset+size) clipped to the file, as (buffer, start,
+        stop) pieces of the prefix and of decoded chunks; no bytes are copied."""
         if offset < 0 or size < 0:
             raise ValueError("negative offset or size")
         end = min(offset + size, self.size)
-        if offset >= end:
-            return b""
-        pieces = []
+        segments: List[Segment] = []
         pos = offset
         plen = len(self._prefix)
-        if pos < plen:
-            pieces.append(self._prefix[pos:min(end, plen)])
+        if pos < min(end, plen):
+            segments.append((self._prefix, pos, min(end, plen)))
             pos = min(end, plen)
         last = -1
         while pos < end:
             index = self.container.chunk_index(pos)
             start, length = self.container.chunk_span(index)
-            data = self.chunk(index)
             stop = min(end, start + length)
-            pieces.append(data[pos - start:stop - start])
+            segments.append((self.chunk(index), pos - start, stop - start))
             pos = stop
             last = index
         if last >= 0:
             self._maybe_prefetch(offset, end, last)
-        if len(pieces) == 1:
-            return pieces[0]
-        return b"".join(pieces)
+        return segments
+
+    def pread(self, offset: int, size: int):
+        """Up to size original bytes at offset (fewer only at end of file), as a bytes-like
+        object: a read-only view when the range lies in one piece, else joined bytes."""
+        segments = self.pread_segments(offset, size)
+        if len(segments) == 1:
+            buf, start, stop = segments[0]
+            return memoryview(buf)[start:stop].toreadonly()
+        return b"".join(memoryview(buf)[start:stop] for buf, start, stop in segments)
 
     def _maybe_prefetch(self, offset: int, end: int, last: int) -> None:
         if not self._prefetch:

@@ -1,0 +1,338 @@
+"""The `fpfs` command line: compress, decompress, verify, stats, mount, umount, status.
+
+User errors print one line (`fpfs: error: ...`) and exit non-zero; never a traceback."""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import sys
+from typing import List, Optional
+
+from . import SUFFIX, __version__
+from .compress import compress_file, decompress_file, verify_file
+from .container import DEFAULT_CHUNK_SIZE, is_container
+from .errors import CorruptContainer, FpfsError, NotSafetensors
+from .progress import ProgressBar, human_bytes
+from .safetensors_header import is_safetensors
+from .stats import container_stats, merge_stats
+from .tree import copy_file_atomic, copy_link, copy_metadata, regular_files, walk
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def parse_size(text: str) -> int:
+    """'1G', '512MiB', '4096' -> bytes (binary units)."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    s = text.strip().lower().removesuffix("ib").removesuffix("b")
+    num, unit = (s[:-1], s[-1]) if s and s[-1] in "kmgt" else (s, "")
+    try:
+        value = int(float(num) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512M or 2G)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("size must not be negative")
+    return value
+
+
+class UserError(Exception):
+    pass
+
+
+# -- compress ------------------------------------------------------------------------------
+def _compress_one(src: str, dst: str, args, bar: ProgressBar) -> int:
+    result = compress_file(src, dst, chunk_size=args.chunk_size, threads=args.threads,
+                           progress=bar.file_progress)
+    copy_metadata(src, dst)
+    bar.file_done(result.original_size)
+    if args.verbose:
+        print(f"{src} -> {dst}: {human_bytes(result.original_size)} -> "
+              f"{human_bytes(result.stored_size)} ({100 * result.ratio:.2f} %)")
+    return result.stored_size
+
+
+def cmd_compress(args) -> int:
+    src = args.src
+    if not os.path.lexists(src):
+        raise UserError(f"{src}: no such file or directory")
+    if args.in_place:
+        if args.dst:
+            raise UserError("--in-place takes no DST")
+        return _compress_in_place(src, args)
+    if not args.dst:
+        raise UserError("DST is required (or use --in-place)")
+    if os.path.isdir(src):
+        return _compress_tree(src, args.dst, args)
+    if not is_safetensors(src):
+        raise UserError(f"{src}: not a safetensors file (nothing to compress)")
+    dst = args.dst
+    if os.path.isdir(dst):
+        dst = os.path.join(dst, os.path.basename(src) + SUFFIX)
+    bar = ProgressBar(os.path.getsize(src), "compress")
+    try:
+        stored = _compress_one(src, dst, args, bar)
+    finally:
+        bar.close()
+    size = os.path.getsize(src)
+    print(f"{dst}: {human_bytes(size)} -> {human_bytes(stored)} "
+          f"({100 * stored / max(size, 1):.2f} % of original)")
+    return EXIT_OK
+
+
+def _compress_tree(src: str, dst: str, args) -> int:
+    if os.path.abspath(dst).startswith(os.path.abspath(src) + os.sep):
+        raise UserError("DST must not be inside SRC")
+    entries = list(walk(src))
+    total = sum(os.path.getsize(p) for k, p, _ in entries if k == "file")
+    os.makedirs(dst, exist_ok=True)
+    bar = ProgressBar(total, "compress")
+    orig = stored = 0
+    try:
+        for kind, path, rel in entries:
+            out = os.path.join(dst, rel)
+            if kind == "dir":
+                os.makedirs(out, exist_ok=True)
+            elif kind == "link":
+                copy_link(path, out)
+            elif kind == "file":
+                size = os.path.getsize(path)
+                orig += size
+                if is_safetensors(path):
+                    stored += _compress_one(path, out + SUFFIX, args, bar)
+                else:
+                    copy_file_atomic(path, out)
+                    stored += size
+                    bar.file_done(size)
+            else:
+                print(f"fpfs: skipping {path}: not a regular file, directory or symlink",
+                      file=sys.stderr)
+    finally:
+        bar.close()
+    print(f"{dst}: {human_bytes(orig)} -> {human_bytes(stored)} "
+          f"({100 * stored / max(orig, 1):.2f} % of original)")
+    return EXIT_OK
+
+
+def _compress_in_place(src: str, args) -> int:
+    files = [p for p in regular_files(src) if not p.endswith(SUFFIX) and is_safetensors(p)]
+    if not files:
+        raise UserError(f"{src}: no safetensors files to compress")
+    bar = ProgressBar(sum(os.path.getsize(p) for p in files), "compress")
+    orig = stored = 0
+    try:
+        for path in files:
+            orig += os.path.getsize(path)
+            # compress_file verifies the new container before renaming it into place;
+            # only then is the original removed, so a crash at any point loses nothing.
+            stored += _compress_one(path, path + SUFFIX, args, bar)
+            os.unlink(path)
+    finally:
+        bar.close()
+    print(f"{src}: {len(files)} file(s), {human_bytes(orig)} -> {human_bytes(stored)} "
+          f"({100 * stored / max(orig, 1):.2f} % of original)")
+    return EXIT_OK
+
+
+# -- decompress / verify / stats -----------------------------------------------------------
+def cmd_decompress(args) -> int:
+    src, dst = args.src, args.dst
+    if not os.path.lexists(src):
+        raise UserError(f"{src}: no such file or directory")
+    if os.path.isfile(src):
+        if not is_container(src):
+            raise UserError(f"{src}: not an fpfs container")
+        if os.path.isdir(dst):
+            name = os.path.basename(src)
+            dst = os.path.join(dst, name[:-len(SUFFIX)] if name.endswith(SUFFIX) else name)
+        decompress_file(src, dst)
+        copy_metadata(src, dst)
+        return EXIT_OK
+    os.makedirs(dst, exist_ok=True)
+    for kind, path, rel in walk(src):
+        out = os.path.join(dst, rel)
+        if kind == "dir":
+            os.makedirs(out, exist_ok=True)
+        elif kind == "link":
+            copy_link(path, out)
+        elif kind == "file" and path.endswith(SUFFIX) and is_container(path):
+            decompress_file(path, out[:-len(SUFFIX)])
+            copy_metadata(path, out[:-len(SUFFIX)])
+        elif kind == "file":
+            copy_file_atomic(path, out)
+    return EXIT_OK
+
+
+def _containers(path: str) -> List[str]:
+    if not os.path.lexists(path):
+        raise UserError(f"{path}: no such file or directory")
+    if os.path.isfile(path):
+        return [path]
+    return [p for p in regular_files(path) if p.endswith(SUFFIX)]
+
+
+def cmd_verify(args) -> int:
+    files = _containers(args.path)
+    if not files:
+        raise UserError(f"{args.path}: no .fpz files found")
+    failed = 0
+    for path in files:
+        try:
+            verify_file(path)
+        except FpfsError as exc:
+            failed += 1
+            print(f"FAIL {path}: {exc}")
+        else:
+            print(f"OK   {path}")
+    if failed:
+        print(f"{failed} of {len(files)} file(s) failed verification", file=sys.stderr)
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def cmd_stats(args) -> int:
+    files = _containers(args.path)
+    if not files:
+        raise UserError(f"{args.path}: no .fpz files found")
+    per_file = [container_stats(p) for p in files]
+    total = merge_stats(per_file)
+    if args.json:
+        json.dump({"files": per_file, "total": total}, sys.stdout, indent=2)
+        print()
+        return EXIT_OK
+    for s in per_file + ([total] if len(per_file) > 1 else []):
+        print(f"{s['path']}: {human_bytes(s['original_bytes'])} -> "
+              f"{human_bytes(s['stored_bytes'])} ({100 * s['ratio']:.2f} %)")
+        for dtype, d in sorted(s["dtypes"].items()):
+            mix = ", ".join(f"{k} {v}" for k, v in sorted(d["codecs"].items()))
+            print(f"  {dtype:<12} {human_bytes(d['original_bytes']):>11} -> "
+                  f"{human_bytes(d['stored_bytes']):>11}  {100 * d['ratio']:6.2f} %  "
+                  f"chunks: {mix}")
+    return EXIT_OK
+
+
+# -- mount ---------------------------------------------------------------------------------
+def cmd_mount(args) -> int:
+    from .mount import launcher
+    return launcher.mount(args)
+
+
+def cmd_umount(args) -> int:
+    from .mount import launcher
+    return launcher.umount(args.mountpoint)
+
+
+def cmd_status(args) -> int:
+    from .mount import launcher
+    return launcher.status(args.mountpoint, as_json=args.json)
+
+
+# -- parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fpfs",
+        description="Keep neural-network weights compressed on disk, losslessly, and mount "
+                    "them as the original safetensors files.",
+        epilog="Typical use: fpfs compress ./model ./model.fpfs && "
+               "fpfs mount ./model.fpfs ./mnt  (then load ./mnt as usual)")
+    p.add_argument("--version", action="version", version=f"fpfs {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("compress", help="compress a safetensors file or a directory tree",
+                       description="Compress SRC (a safetensors file or a directory tree) "
+                       "into DST. Safetensors files (recognised by content) become NAME.fpz; "
+                       "other files are copied and symlinks kept as they are. Every output "
+                       "is written atomically and verified before it is reported.")
+    c.add_argument("src", metavar="SRC")
+    c.add_argument("dst", metavar="DST", nargs="?")
+    c.add_argument("--in-place", action="store_true",
+                   help="replace each safetensors file under SRC by NAME.fpz, removing the "
+                        "original only after the new file is verified")
+    c.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE,
+                   help="original bytes per independently decodable chunk (default 256K)")
+    c.add_argument("--threads", type=int, default=None,
+                   help="encoder threads (default: all cores)")
+    c.add_argument("-v", "--verbose", action="store_true", help="one line per file")
+    c.set_defaults(func=cmd_compress)
+
+    d = sub.add_parser("decompress", help="restore original files from .fpz containers",
+                       description="Write the original bytes of SRC (a .fpz file or a tree) "
+                       "to DST; the whole-file hash is checked before each output appears.")
+    d.add_argument("src", metavar="SRC")
+    d.add_argument("dst", metavar="DST")
+    d.set_defaults(func=cmd_decompress)
+
+    v = sub.add_parser("verify", help="check every chunk checksum and whole-file hash",
+                       description="Decode every chunk of every .fpz under PATH and check its "
+                       "checksum and the SHA-256 of the whole original file. Exit code 0: all "
+                       "good; 1: at least one file failed.")
+    v.add_argument("path", metavar="PATH")
+    v.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("stats", help="sizes, ratios and codec mix per file and dtype")
+    s.add_argument("path", metavar="PATH")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_stats)
+
+    m = sub.add_parser("mount", help="show a compressed tree as the original files",
+                       description="Mount BACKING (a tree written by `fpfs compress`) at "
+                       "MOUNTPOINT: X.fpz appears as X with its original size and bytes; "
+                       "everything else passes through. Returns once the mount is ready.")
+    m.add_argument("backing", metavar="BACKING")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT")
+    m.add_argument("--foreground", "-f", action="store_true",
+                   help="stay attached and log to stderr (Ctrl-C unmounts)")
+    m.add_argument("--cache-size", type=parse_size, default=parse_size("1G"),
+                   help="memory for decoded chunks (default 1G)")
+    m.add_argument("--threads", type=int, default=None,
+                   help="prefetch/decode threads (default: number of cores)")
+    m.add_argument("--allow-other", action="store_true",
+                   help="let other users access the mount (file modes are enforced)")
+    m.add_argument("--log-file", default=None,
+                   help="where a background mount logs (default ~/.cache/fpfs/<mount>.log)")
+    m.add_argument("--debug", action="store_true", help="log every request")
+    m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    m.set_defaults(func=cmd_mount)
+
+    u = sub.add_parser("umount", help="unmount an fpfs mount")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.set_defaults(func=cmd_umount)
+
+    st = sub.add_parser("status", help="bytes served, cache hit rate, decode speed of a mount")
+    st.add_argument("mountpoint", metavar="MOUNTPOINT")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"fpfs: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotSafetensors as exc:
+        print(f"fpfs: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CorruptContainer as exc:
+        print(f"fpfs: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except FpfsError as exc:
+        print(f"fpfs: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print("fpfs: interrupted; no partial output was left behind", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        hint = " (disk full: nothing was replaced)" if exc.errno == errno.ENOSPC else ""
+        name = f"{exc.filename}: " if exc.filename else ""
+        print(f"fpfs: error: {name}{exc.strerror or exc}{hint}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

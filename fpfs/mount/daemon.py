@@ -1,0 +1,92 @@
+"""Run the FUSE loop: options, readiness (a pipe for `fpfs mount`, sd_notify for systemd),
+and the kernel readahead that lets buffered reads arrive as 1 MiB requests."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Optional
+
+from .ops import FpfsOperations, fuse
+
+log = logging.getLogger("fpfs.mount")
+READAHEAD_KB = 1024
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
+
+
+def raise_readahead(mountpoint: str) -> None:
+    """Buffered reads reach a FUSE fs as 128 KiB requests until the bdi readahead is raised
+    (needs root; measured +45-100 % sequential throughput)."""
+    dev = os.stat(mountpoint).st_dev
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(path, "w") as f:
+            f.write(str(READAHEAD_KB))
+    except OSError as exc:
+        log.info("could not raise readahead (%s): %s", path, exc)
+
+
+class _Operations(FpfsOperations):
+    def __init__(self, *args, mountpoint: str, ready_fd: Optional[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._mountpoint = mountpoint
+        self._ready_fd = ready_fd
+
+    def init_with_config(self, conn, config):
+        if conn is not None and hasattr(conn, "max_readahead"):
+            conn.max_readahead = READAHEAD_KB * 1024
+        if config is not None:
+            # Files are immutable while their size/mtime hold: keep the page cache across
+            # opens, drop it when a backing file is replaced.
+            config.auto_cache = 1
+            config.entry_timeout = 1.0
+            config.attr_timeout = 1.0
+        threading.Thread(target=self._announce, name="fpfs-ready", daemon=True).start()
+
+    def _announce(self) -> None:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(self._mountpoint):
+            if time.monotonic() > deadline:
+                log.error("mount did not appear at %s", self._mountpoint)
+                return
+            time.sleep(0.01)
+        raise_readahead(self._mountpoint)
+        log.info("mounted %s at %s (cache %d MiB)", self.root, self._mountpoint,
+                 self.cache.budget >> 20)
+        if self._ready_fd is not None:
+            try:
+                os.write(self._ready_fd, b"ready\n")
+                os.close(self._ready_fd)
+            except OSError:
+                pass
+        sd_notify("READY=1\nSTATUS=serving " + self.root)
+
+
+def run(backing: str, mountpoint: str, cache_bytes: int, threads: int,
+        allow_other: bool = False, debug: bool = False, ready_fd: Optional[int] = None) -> None:
+    ops = _Operations(backing, cache_bytes, threads, mountpoint=mountpoint, ready_fd=ready_fd)
+    options = dict(foreground=True, nothreads=False, ro=True, default_permissions=True,
+                   fsname="fpfs:" + ops.root, subtype="fpfs", debug=debug)
+    if allow_other:
+        options["allow_other"] = True
+    try:
+        fuse.FUSE(ops, mountpoint, raw_fi=True, **options)
+    finally:
+        sd_notify("STOPPING=1")
+        log.info("unmounted %s", mountpoint)

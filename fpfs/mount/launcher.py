@@ -1,0 +1,156 @@
+"""What `fpfs mount/umount/status` do before and around the daemon: check the environment,
+start the daemon in the background and wait until the mount answers."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+
+from ..errors import FpfsError
+from ..progress import human_bytes
+from .fuse_lib import FuseUnavailable
+
+READY_TIMEOUT = 60
+
+
+class MountError(FpfsError):
+    pass
+
+
+def check_environment(backing: str, mountpoint: str) -> None:
+    if not os.path.isdir(backing):
+        raise MountError(f"{backing}: backing directory does not exist")
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"{mountpoint}: mountpoint does not exist (create it with mkdir)")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint}: already a mount point (fpfs umount {mountpoint})")
+    if os.listdir(mountpoint):
+        raise MountError(f"{mountpoint}: mountpoint is not empty")
+    real_b, real_m = os.path.realpath(backing), os.path.realpath(mountpoint)
+    if real_m == real_b or real_m.startswith(real_b + os.sep):
+        raise MountError("the mountpoint must not be inside the backing directory")
+    if not os.path.exists("/dev/fuse"):
+        raise FuseUnavailable("/dev/fuse is missing: load the fuse module (modprobe fuse) or, "
+                              "in a container, pass --device /dev/fuse")
+    if os.geteuid() != 0 and not shutil.which("fusermount3"):
+        raise FuseUnavailable("fusermount3 not found: apt-get install fuse3")
+
+
+def default_log_file(mountpoint: str) -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    name = os.path.realpath(mountpoint).strip("/").replace("/", "_") or "root"
+    return os.path.join(base, "fpfs", f"mount-{name}.log")
+
+
+def mount(args) -> int:
+    check_environment(args.backing, args.mountpoint)
+    threads = args.threads or os.cpu_count() or 2
+    if args.foreground:
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            stream=sys.stderr)
+        from .daemon import run
+        ready_fd = getattr(args, "ready_fd", None)
+        run(args.backing, args.mountpoint, args.cache_size, threads, args.allow_other,
+            args.debug, ready_fd)
+        return 0
+    return _spawn(args, threads)
+
+
+def _spawn(args, threads: int) -> int:
+    log_file = args.log_file or default_log_file(args.mountpoint)
+    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+    r, w = os.pipe()
+    cmd = [sys.executable, "-m", "fpfs.cli", "mount", os.path.abspath(args.backing),
+           os.path.abspath(args.mountpoint), "--foreground", "--cache-size",
+           str(args.cache_size), "--threads", str(threads), "--ready-fd", str(w)]
+    if args.allow_other:
+        cmd.append("--allow-other")
+    if args.debug:
+        cmd.append("--debug")
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                pass_fds=(w,), start_new_session=True, close_fds=True)
+    os.close(w)
+    try:
+        ready = _wait_ready(r, proc)
+    finally:
+        os.close(r)
+    if not ready:
+        if proc.poll() is None:
+            proc.terminate()
+        raise MountError(f"mount failed; see {log_file}:\n" + _tail(log_file))
+    print(f"mounted {args.backing} at {args.mountpoint} (pid {proc.pid}, log {log_file})")
+    return 0
+
+
+def _wait_ready(fd: int, proc: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([fd], [], [], 0.2)
+        if readable:
+            return os.read(fd, 64).startswith(b"ready")   # b"" = daemon exited
+        if proc.poll() is not None:
+            return False
+    return False
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as f:
+            return b"".join(f.readlines()[-lines:]).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def umount(mountpoint: str) -> int:
+    if not os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint}: not mounted")
+    tools = [["fusermount3", "-u", mountpoint], ["fusermount", "-u", mountpoint]]
+    if os.geteuid() == 0:
+        tools.append(["umount", mountpoint])
+    last = ""
+    for cmd in tools:
+        if not shutil.which(cmd[0]):
+            continue
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode == 0:
+            for _ in range(100):            # the daemon exits once the kernel lets go
+                if not os.path.ismount(mountpoint):
+                    break
+                time.sleep(0.05)
+            return 0
+        last = res.stderr.strip()
+    raise MountError(f"cannot unmount {mountpoint}: {last or 'no fusermount3/umount found'}")
+
+
+def read_status(mountpoint: str) -> dict:
+    from .ops import STATUS_NAME
+    path = os.path.join(mountpoint, STATUS_NAME)
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode())
+    except (OSError, ValueError) as exc:
+        raise MountError(f"{mountpoint}: not an fpfs mount ({exc})") from None
+
+
+def status(mountpoint: str, as_json: bool = False) -> int:
+    s = read_status(mountpoint)
+    if as_json:
+        print(json.dumps(s, indent=2))
+        return 0
+    c = s["cache"]
+    print(f"backing      {s['backing']} (pid {s['pid']}, up {s['uptime_seconds']:.0f} s)")
+    print(f"served       {human_bytes(s['bytes_served'])} in {s['reads']} reads, "
+          f"{s['read_errors']} errors")
+    print(f"cache        {human_bytes(c['used_bytes'])} of {human_bytes(c['budget_bytes'])}, "
+          f"hit rate {100 * c['hit_rate']:.1f} %, {c['evictions']} evictions")
+    print(f"decoded      {human_bytes(c['decoded_bytes'])} at {c['decode_gbps']:.2f} GB/s")
+    if "rss_bytes" in s:
+        print(f"memory       {human_bytes(s['rss_bytes'])} resident")
+    return 0
