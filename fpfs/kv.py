@@ -1,0 +1,152 @@
+"""The fpfs codecs for in-memory K/V cache tensors (numpy arrays, ml_dtypes or torch).
+
+    blob = fpfs.kv.compress(tensor)         # bytes, shape and dtype preserved
+    tensor = fpfs.kv.decompress(blob)       # same type (numpy or torch) and dtype
+
+Paged layouts ([num_blocks, block_size, heads, head_dim]) compress and restore one block
+at a time with compress_block / restore_block. Supported: FP16, BF16, FP32, F8_E4M3,
+F8_E5M2. The byte layout ("FPKV") is in FORMAT.md; every blob carries an xxh3 checksum so
+a damaged buffer raises CorruptContainer instead of returning wrong values.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any, List, Tuple
+
+import numpy as np
+
+from .codecs import DecodeError, decode_chunk, dtype_code, dtype_name, encode_chunk
+from .container import DEFAULT_CHUNK_SIZE, checksum
+from .errors import CorruptContainer, FpfsError
+
+MAGIC = b"FPKV"
+VERSION = 1
+_HEAD = struct.Struct("<4sBBBB")          # magic version dtype framework ndim
+_TAIL = struct.Struct("<QQI")             # nbytes checksum nchunks
+_CHUNK = struct.Struct("<BI")             # codec payload_length
+MAX_NDIM = 16
+SUPPORTED = ("F16", "BF16", "F32", "F8_E4M3", "F8_E5M2")
+_NUMPY, _TORCH = 0, 1
+
+
+class UnsupportedDtype(FpfsError, TypeError):
+    pass
+
+
+def _numpy_dtypes():
+    import ml_dtypes
+    return {"F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16),
+            "F32": np.dtype(np.float32), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+            "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2)}
+
+
+def _torch_dtypes():
+    import torch
+    return {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+            "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+def _as_bytes(tensor: Any) -> Tuple[str, int, Tuple[int, ...], np.ndarray]:
+    """(dtype name, framework, shape, uint8 view of the contiguous data)."""
+    if type(tensor).__module__.startswith("torch"):
+        import torch
+        names = {v: k for k, v in _torch_dtypes().items()}
+        if tensor.dtype not in names:
+            raise UnsupportedDtype(f"unsupported K/V dtype {tensor.dtype}; use one of {SUPPORTED}")
+        t = tensor.detach().to("cpu").contiguous()
+        raw = t.view(torch.uint8).numpy().reshape(-1) if t.numel() else np.empty(0, np.uint8)
+        return names[tensor.dtype], _TORCH, tuple(t.shape), raw
+    arr = np.asarray(tensor)
+    names = {v: k for k, v in _numpy_dtypes().items()}
+    if arr.dtype not in names:
+        raise UnsupportedDtype(f"unsupported K/V dtype {arr.dtype}; use one of {SUPPORTED}")
+    arr = np.ascontiguousarray(arr)
+    return names[arr.dtype], _NUMPY, arr.shape, arr.reshape(-1).view(np.uint8)
+
+
+def compress(tensor: Any, chunk_size: int = DEFAULT_CHUNK_SIZE) -> bytes:
+    """Losslessly compress a K/V tensor; shape, dtype and framework are kept."""
+    name, framework, shape, raw = _as_bytes(tensor)
+    if len(shape) > MAX_NDIM:
+        raise ValueError(f"at most {MAX_NDIM} dimensions")
+    view = memoryview(raw)
+    parts: List[bytes] = []
+    entries: List[bytes] = []
+    for off in range(0, len(view), chunk_size):
+        codec, payload = encode_chunk(view[off:off + chunk_size], name)
+        entries.append(_CHUNK.pack(codec, len(payload)))
+        parts.append(payload)
+    head = _HEAD.pack(MAGIC, VERSION, dtype_code(name), framework, len(shape))
+    dims = struct.pack(f"<{len(shape)}Q", *shape)
+    tail = _TAIL.pack(len(view), checksum(view), len(parts))
+    return b"".join([head, dims, tail, *entries, *parts])
+
+
+def decompress(blob: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Any:
+    """Inverse of compress. Raises CorruptContainer for damaged or foreign buffers."""
+    name, framework, shape, out = _decode(memoryview(blob), chunk_size)
+    if framework == _TORCH:
+        import torch
+        t = torch.from_numpy(out) if out.size else torch.empty(0, dtype=torch.uint8)
+        return t.view(_torch_dtypes()[name]).reshape(shape)
+    return out.view(_numpy_dtypes()[name]).reshape(shape)
+
+
+def _decode(blob: memoryview, chunk_size: int):
+    def bad(why: str):
+        raise CorruptContainer(f"K/V blob: {why}")
+    if len(blob) < _HEAD.size:
+        bad("too short")
+    magic, version, code, framework, ndim = _HEAD.unpack_from(blob, 0)
+    if magic != MAGIC:
+        bad("bad magic (not produced by fpfs.kv.compress)")
+    if version != VERSION or framework not in (_NUMPY, _TORCH) or ndim > MAX_NDIM:
+        bad(f"unsupported version {version} or header fields")
+    name = dtype_name(code)
+    if name not in SUPPORTED:
+        bad(f"dtype code {code}")
+    pos = _HEAD.size + 8 * ndim
+    if len(blob) < pos + _TAIL.size:
+        bad("truncated header")
+    shape = struct.unpack_from(f"<{ndim}Q", blob, _HEAD.size)
+    nbytes, csum, nchunks = _TAIL.unpack_from(blob, pos)
+    pos += _TAIL.size
+    itemsize = _numpy_dtypes()[name].itemsize
+    if int(np.prod(shape, dtype=object)) * itemsize != nbytes or \
+            nchunks != -(-nbytes // chunk_size) or pos + nchunks * _CHUNK.size > len(blob):
+        bad("inconsistent sizes")
+    out = np.empty(nbytes, dtype=np.uint8)
+    data_pos = pos + nchunks * _CHUNK.size
+    for i in range(nchunks):
+        codec, length = _CHUNK.unpack_from(blob, pos + i * _CHUNK.size)
+        if data_pos + length > len(blob):
+            bad("truncated payload")
+        try:
+            decode_chunk(codec, blob[data_pos:data_pos + length],
+                         memoryview(out)[i * chunk_size:min(nbytes, (i + 1) * chunk_size)])
+        except DecodeError as exc:
+            bad(f"chunk {i}: {exc}")
+        data_pos += length
+    if data_pos != len(blob):
+        bad("trailing bytes")
+    if checksum(out) != csum:
+        bad("checksum mismatch")
+    return name, framework, shape, out
+
+
+def compress_block(cache: Any, index: int) -> bytes:
+    """Compress block `index` of a paged cache [num_blocks, block_size, heads, head_dim]."""
+    return compress(cache[index])
+
+
+def restore_block(cache: Any, index: int, blob: bytes) -> None:
+    """Decode blob into block `index` of cache, in place; shape and dtype must match."""
+    block = decompress(blob)
+    target = cache[index]
+    if tuple(block.shape) != tuple(target.shape) or block.dtype != target.dtype:
+        raise ValueError(f"block of shape {tuple(block.shape)} {block.dtype} does not fit "
+                         f"{tuple(target.shape)} {target.dtype}")
+    if type(cache).__module__.startswith("torch"):
+        target.copy_(block)
+    else:
+        target[...] = block
