@@ -73,6 +73,9 @@ def decode_planes_into(const uint8_t[::1] payload, uint8_t[::1] out, uint8_t[::1
         _raise(rc)
 
 
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+
+
 def rans_encode_bytes(const uint8_t[::1] src) -> bytes:
     """One rANS stream for src (for tests and the K/V API); b'' when coding does not pay."""
     cdef Py_ssize_t n = src.shape[0], r
@@ -96,13 +99,14 @@ def rans_decode_bytes(const uint8_t[::1] stream, Py_ssize_t n) -> bytes:
         return b""
     if stream.shape[0] == 0:
         _raise(ERR_TRUNCATED)
-    out = bytearray(n)
-    cdef uint8_t[::1] o = out
+    # Decode straight into a fresh (not yet shared) bytes object: no zero-fill, no copy.
+    out = PyBytes_FromStringAndSize(NULL, n)
+    cdef uint8_t* o = <uint8_t*>PyBytes_AS_STRING(out)
     with nogil:
-        rc = rans_decode(&stream[0], stream.shape[0], &o[0], n)
+        rc = rans_decode(&stream[0], stream.shape[0], o, n)
     if rc != OK:
         _raise(rc)
-    return bytes(out)
+    return out
 
 
 def normalized_freqs(const uint8_t[::1] src) -> list:

@@ -11,13 +11,44 @@
 # costs three loads and and/shr/imul/add.  8 lanes hide the load -> multiply chain.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 from libc.stdlib cimport malloc, free
 from libc.math cimport log2
 
 cdef extern from *:
+    """
+    /* Decoder renormalisation of one 64-bit rANS lane: if x < 2^24, shift in the next
+       little-endian 32-bit word of the stream and advance *pp by 4.  It must be branch-free
+       (whether a lane renormalises is data-dependent, a branch mispredicts ~1 in 6 pairs)
+       and gcc turns every C formulation of the select into a branch, hence the two cmovs
+       on x86-64.  The caller guarantees 4 readable bytes at *pp. */
+    static inline uint64_t fpfs_rans_renorm(uint64_t x, const uint8_t **pp) {
+        const uint8_t *p = *pp;
+    #if defined(__GNUC__) && defined(__x86_64__)
+        uint32_t w;
+        memcpy(&w, p, 4);
+        uint64_t y = (x << 32) | w;
+        const uint8_t *p4 = p + 4;
+        __asm__("cmpq $0x1000000, %[x]\\n\\t"
+                "cmovbq %[y], %[x]\\n\\t"
+                "cmovbq %[p4], %[p]"
+                : [x] "+r"(x), [p] "+r"(p)
+                : [y] "r"(y), [p4] "r"(p4)
+                : "cc");
+    #else
+        uint64_t w = (uint64_t)p[0] | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16)
+                     | ((uint64_t)p[3] << 24);
+        uint64_t c = x < 0x1000000u;
+        x = (x << (unsigned)(c << 5)) | (w & (0 - c));
+        p += c << 2;
+    #endif
+        *pp = p;
+        return x;
+    }
+    """
     # gcc/clang 128-bit integer, only for the encoder's exact reciprocal division.
     ctypedef unsigned long long _u128 "unsigned __int128"
+    uint64_t _dren "fpfs_rans_renorm"(uint64_t x, const uint8_t** pp) noexcept nogil
 
 cdef enum:
     SCALE_BITS = 12
@@ -314,12 +345,11 @@ cdef inline uint64_t _put_group(uint64_t x, const _EncSym* a, const _EncSym* b,
     """Encode the group (a, b) -- decoded in that order, then one renormalisation; b is
     NULL for a lane's final lone symbol.  Caller guarantees 4 bytes of room before *pp."""
     cdef uint64_t fprod = a.freq * (b.freq if b != NULL else <uint32_t>PROB_SCALE)
-    cdef uint8_t* p
-    if x >= (fprod << 32):
-        p = pp[0] - 4
-        _wr32(p, <uint32_t>x)
-        pp[0] = p
-        x >>= 32
+    cdef uint64_t c = x >= (fprod << 32)
+    # Branch-free: always store the word, keep it only when the state needed shrinking.
+    _wr32(pp[0] - 4, <uint32_t>x)
+    pp[0] -= c << 2
+    x >>= c << 5
     if b != NULL:
         x = _put(x, b)
     return _put(x, a)
@@ -327,8 +357,9 @@ cdef inline uint64_t _put_group(uint64_t x, const _EncSym* a, const _EncSym* b,
 
 cdef Py_ssize_t rans_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
                             Py_ssize_t cap) noexcept nogil:
-    """Encode n bytes into dst; returns bytes written, 0 when the result would not be
-    smaller than cap (the caller then stores the plane raw), or ERR_NOMEM."""
+    """Encode n bytes into dst; returns bytes written, or 0 when the result would not be
+    smaller than cap (the caller then stores the plane raw).  Uses no scratch memory (so
+    never returns ERR_NOMEM); dst[0:cap] is scribbled on even when 0 is returned."""
     cdef uint32_t counts[256]
     cdef uint32_t freqs[256]
     cdef _EncSym es[256]
@@ -337,7 +368,6 @@ cdef Py_ssize_t rans_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
     cdef int s, k, base, lane, nb, present
     cdef uint32_t c = 0, f, sh
     cdef Py_ssize_t i, hdr, body, tbl, nfull, b, r
-    cdef uint8_t* buf
     cdef uint8_t* ptr
     cdef uint8_t* limit
     cdef uint8_t* q
@@ -371,11 +401,12 @@ cdef Py_ssize_t rans_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
             es[s].shift = sh - 1
             es[s].bias = c
         c += f
-    buf = <uint8_t*>malloc(cap)
-    if buf == NULL:
-        return ERR_NOMEM
-    ptr = buf + cap
-    limit = buf + hdr + 4 * LANES        # room for LANES words plus the header
+    # The body is written backwards from the end of dst and moved down behind the header
+    # at the end (no scratch buffer).  Once ptr is below dst + the smallest possible
+    # header the result cannot pay; above it, one block's words plus the unconditional
+    # word store of _put_group (<= 4 * LANES + 4 bytes) stay inside dst since tbl >= 3.
+    ptr = dst + cap
+    limit = dst + tbl + 2 + 4 * LANES
     for lane in range(LANES):
         st[lane] = RANS_L
     nfull = n // BLOCK
@@ -383,7 +414,6 @@ cdef Py_ssize_t rans_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
     # The partial last block first (the encoder runs backwards).
     if r:
         if ptr < limit:
-            free(buf)
             return 0
         i = nfull * BLOCK
         for lane in range(LANES - 1, -1, -1):
@@ -393,32 +423,34 @@ cdef Py_ssize_t rans_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
                                       &ptr)
     for b in range(nfull - 1, -1, -1):
         if ptr < limit:                  # a block emits at most LANES words
-            free(buf)
             return 0
         i = b * BLOCK
         for lane in range(LANES - 1, -1, -1):
             st[lane] = _put_group(st[lane], &es[src[i + lane]], &es[src[i + LANES + lane]], &ptr)
-    body = (buf + cap) - ptr
-    # Header: table, u16 state lengths (2 bits per lane: bytes - 4), the states.
-    write_table(freqs, k, base, dst)
-    q = dst + tbl + 2
+    body = (dst + cap) - ptr
+    # Header: table, u16 state lengths (2 bits per lane: bytes - 4), the states.  Sizes
+    # first: nothing is written below ptr unless the whole result fits in cap.
+    hdr = tbl + 2
     for lane in range(LANES):
         x = st[lane]
         nb = 4
         while nb < 7 and (x >> (8 * nb)) != 0:
             nb += 1
         lens |= <uint16_t>((nb - 4) << (2 * lane))
+        hdr += nb
+    if hdr + body >= cap:
+        return 0
+    write_table(freqs, k, base, dst)
+    dst[tbl] = lens & 0xFF
+    dst[tbl + 1] = lens >> 8
+    q = dst + tbl + 2
+    for lane in range(LANES):
+        x = st[lane]
+        nb = 4 + ((lens >> (2 * lane)) & 3)
         for s in range(nb):
             q[s] = (x >> (8 * s)) & 0xFF
         q += nb
-    dst[tbl] = lens & 0xFF
-    dst[tbl + 1] = lens >> 8
-    hdr = q - dst
-    if hdr + body >= cap:
-        free(buf)
-        return 0
-    memcpy(dst + hdr, ptr, body)
-    free(buf)
+    memmove(dst + hdr, ptr, body)
     return hdr + body
 
 
@@ -435,15 +467,6 @@ cdef inline uint64_t _dsym(uint64_t x, const _DecTab* t, uint8_t* o) noexcept no
     cdef uint32_t slot = <uint32_t>x & (PROB_SCALE - 1)
     o[0] = t.sym[slot]
     return <uint64_t>t.freq[slot] * (x >> SCALE_BITS) + t.bias[slot]
-
-
-cdef inline uint64_t _dren(uint64_t x, const uint8_t** pp) noexcept nogil:
-    """Branch-free: whether a lane needs a word is data-dependent (unpredictable)."""
-    cdef const uint8_t* p = pp[0]
-    cdef uint64_t y = (x << 32) | _rd32(p)
-    cdef uint64_t c = x < RANS_L
-    pp[0] = p + (c << 2)
-    return x ^ ((x ^ y) & (0 - c))
 
 
 cdef Py_ssize_t _dec_blocks(uint64_t* st, const _DecTab* t, const uint8_t** pp,
@@ -495,7 +518,7 @@ cdef int rans_decode(const uint8_t* src, Py_ssize_t srclen, uint8_t* out,
     cdef uint32_t freqs[256]
     cdef _DecTab t
     cdef uint64_t st[LANES]
-    cdef uint8_t pad[64]
+    cdef uint8_t pad[80]
     cdef uint64_t x
     cdef uint32_t cumf = 0, f, kk
     cdef uint16_t lens
@@ -542,9 +565,9 @@ cdef int rans_decode(const uint8_t* src, Py_ssize_t srclen, uint8_t* out,
     if nfull > 0:
         r = end - p
         memset(pad, 0, sizeof(pad))
-        memcpy(pad, p, r)
-        p = pad
-        end = pad + r
+        memcpy(pad + 8, p, r)
+        p = pad + 8
+        end = pad + 8 + r
         done = _dec_blocks(st, &t, &p, end, out + i, nfull)
         i += done * BLOCK
         if done < nfull or p > end:
