@@ -37,7 +37,8 @@ def _check_width(int width, int rot):
 
 
 def encode_planes_into(const uint8_t[::1] src, int width, int rot,
-                       uint8_t[::1] scratch, uint8_t[::1] dst) -> int:
+                       uint8_t[::1] scratch, uint8_t[::1] dst,
+                       Py_ssize_t min_saving_ppm=0) -> int:
     """Encode src as a PLANES payload into dst. Returns its size, or 0 if it would not be
     smaller than len(dst) (store the chunk raw then)."""
     cdef Py_ssize_t n = src.shape[0], r
@@ -46,10 +47,13 @@ def encode_planes_into(const uint8_t[::1] src, int width, int rot,
         raise ValueError("%d bytes is not a whole number of %d-byte elements" % (n, width))
     if scratch.shape[0] < n:
         raise ValueError("scratch buffer too small")
+    if not 0 <= min_saving_ppm <= 1000000:
+        raise ValueError("min_saving_ppm must be within 0..1000000")
     if n == 0 or dst.shape[0] == 0:
         return 0
     with nogil:
-        r = encode_planes(&src[0], n, width, rot, &scratch[0], &dst[0], dst.shape[0])
+        r = encode_planes(&src[0], n, width, rot, &scratch[0], &dst[0], dst.shape[0],
+                          min_saving_ppm)
     if r < 0:
         _raise(<int>r)
     return r

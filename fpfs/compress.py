@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Tuple
 
-from .codecs import encode_chunk, dtype_code
+from .codecs import DEFAULT_MIN_SAVING_PPM, dtype_code, encode_chunk
 from .container import (DEFAULT_CHUNK_SIZE, ChunkRecord, Container, ContainerWriter, checksum,
                         validate_chunk_size)
 from .errors import CorruptContainer
@@ -39,10 +39,10 @@ def plan_chunks(layout: SafetensorsLayout, chunk_size: int) -> List[Tuple[int, i
     return chunks
 
 
-def _encode(view: memoryview, chunk: Tuple[int, int, str]) -> ChunkRecord:
+def _encode(view: memoryview, chunk: Tuple[int, int, str], min_saving_ppm: int) -> ChunkRecord:
     off, length, dtype = chunk
     data = view[off:off + length]
-    codec, payload = encode_chunk(data, dtype)
+    codec, payload = encode_chunk(data, dtype, min_saving_ppm)
     return ChunkRecord(off, length, codec, dtype_code(dtype), checksum(data), payload)
 
 
@@ -90,8 +90,10 @@ class _AtomicOutput:
 
 def compress_file(src: str, dst: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
                   threads: Optional[int] = None, progress: Progress = None,
-                  verify: bool = True) -> CompressResult:
-    """Compress the safetensors file src into the container dst (atomically, verified)."""
+                  verify: bool = True,
+                  min_saving_ppm: int = DEFAULT_MIN_SAVING_PPM) -> CompressResult:
+    """Compress the safetensors file src into the container dst (atomically, verified).
+    min_saving_ppm=0 codes every plane that saves anything (smallest files, slower reads)."""
     validate_chunk_size(chunk_size)
     layout = read_layout(src)
     threads = threads or os.cpu_count() or 1
@@ -105,7 +107,7 @@ def compress_file(src: str, dst: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
                 view = memoryview(mm)
                 try:
                     stored = _write_container(view, layout, out.file, chunk_size, threads,
-                                              progress)
+                                              progress, min_saving_ppm)
                 finally:
                     view.release()
         out.file.flush()
@@ -118,13 +120,14 @@ def compress_file(src: str, dst: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
     return CompressResult(layout.file_size, stored)
 
 
-def _write_container(view, layout, file, chunk_size, threads, progress) -> int:
+def _write_container(view, layout, file, chunk_size, threads, progress,
+                     min_saving_ppm) -> int:
     prefix = bytes(view[:layout.prefix_length])
     sha = hashlib.sha256(prefix)
     writer = ContainerWriter(file, prefix, layout.file_size, chunk_size)
     done = layout.prefix_length
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fpfs-enc") as pool:
-        encode = lambda chunk: _encode(view, chunk)  # noqa: E731
+        encode = lambda chunk: _encode(view, chunk, min_saving_ppm)  # noqa: E731
         for rec in _ordered_map(pool, encode, plan_chunks(layout, chunk_size), 4 * threads):
             sha.update(view[rec.orig_offset:rec.orig_offset + rec.orig_length])
             writer.add(rec)

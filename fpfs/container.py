@@ -20,7 +20,7 @@ from .errors import CorruptChunk, CorruptContainer, UnsupportedVersion
 MAGIC = b"\x89FPZ\r\n\x1a\n"
 END_MAGIC = b"FPZ-END\n"
 VERSION = 1
-HEADER = struct.Struct("<8sHHIQQI4x")          # magic version flags chunk_size orig_size prefix_len crc
+HEADER = struct.Struct("<8sHHIQQII")          # magic version flags chunk_size orig_size prefix_len crc zero
 TRAILER = struct.Struct("<QQQ32sII8s")         # table_off count orig_size sha256 table_crc trailer_crc end
 CHUNK_ENTRY = np.dtype([
     ("orig_offset", "<u8"), ("comp_offset", "<u8"), ("orig_length", "<u4"),
@@ -64,9 +64,9 @@ class ContainerWriter:
         self._original_size = original_size
         self._prefix_len = len(prefix)
         head = HEADER.pack(MAGIC, VERSION, 0, validate_chunk_size(chunk_size), original_size,
-                           len(prefix), 0)
+                           len(prefix), 0, 0)
         crc = zlib.crc32(prefix, zlib.crc32(head[:32]))
-        head = HEADER.pack(MAGIC, VERSION, 0, chunk_size, original_size, len(prefix), crc)
+        head = HEADER.pack(MAGIC, VERSION, 0, chunk_size, original_size, len(prefix), crc, 0)
         out.write(head)
         out.write(prefix)
         self._pos = len(head) + len(prefix)
@@ -126,9 +126,11 @@ class Container:
         if file_size < HEADER.size + TRAILER.size:
             self._fail(f"too short for a container ({file_size} bytes)")
         head = self._pread_exact(HEADER.size, 0)
-        magic, version, flags, chunk_size, orig_size, prefix_len, crc = HEADER.unpack(head)
+        magic, version, flags, chunk_size, orig_size, prefix_len, crc, zero = HEADER.unpack(head)
         if magic != MAGIC:
             self._fail("not an fpfs container (bad magic)")
+        if zero:
+            self._fail("reserved header field is not zero")
         if version != VERSION or flags != 0:
             raise UnsupportedVersion(f"{self.path}: format version {version} flags {flags:#x} "
                                      f"(this fpfs reads version {VERSION}); upgrade fpfs")

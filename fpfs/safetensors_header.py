@@ -63,6 +63,8 @@ def layout_from_header(raw: bytes, file_size: int, path: str = "<input>") -> Saf
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise NotSafetensors(f"{path}: header is not valid JSON ({exc})") from None
+    except RecursionError:      # hostile nesting ('[[[[...') would otherwise escape as a crash
+        raise NotSafetensors(f"{path}: header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise NotSafetensors(f"{path}: header is not a JSON object")
     prefix = 8 + len(raw)

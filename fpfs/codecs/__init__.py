@@ -17,6 +17,12 @@ from .dtypes import DTYPE_CODES, DTYPE_NAMES, dtype_code, dtype_name, plane_layo
 CODEC_RAW = 0
 CODEC_PLANES = 1
 
+# A plane is rANS-coded only if that saves at least this share of it (parts per million).
+# Decoding a coded plane costs ~0.7 ns/byte, a raw one a memcpy: on BF16 the nearly random
+# sign/mantissa plane would save 0.3 % of itself for half the decode speed (measured on
+# MiniLM: 66.12 % at 1.3 GB/s vs 66.23 % at 2.3 GB/s). 0 keeps every saving (--smallest).
+DEFAULT_MIN_SAVING_PPM = 10_000
+
 _local = threading.local()
 
 
@@ -37,7 +43,7 @@ class RawCodec:
     codec_id = CODEC_RAW
     name = "raw"
 
-    def encode(self, data: memoryview, dtype: str) -> bytes:
+    def encode(self, data: memoryview, dtype: str, min_saving_ppm: int = 0) -> bytes:
         return bytes(data)
 
     def decode_into(self, payload, out: memoryview) -> None:
@@ -51,12 +57,13 @@ class PlanesCodec:
     codec_id = CODEC_PLANES
     name = "planes"
 
-    def encode(self, data: memoryview, dtype: str):
+    def encode(self, data: memoryview, dtype: str,
+               min_saving_ppm: int = DEFAULT_MIN_SAVING_PPM):
         """Payload bytes, or None when it would not be smaller than the raw chunk."""
         n = len(data)
         width, rot = plane_layout(dtype, n)
         dst = bytearray(n)
-        size = _kernels.encode_planes_into(data, width, rot, scratch(n), dst)
+        size = _kernels.encode_planes_into(data, width, rot, scratch(n), dst, min_saving_ppm)
         if size == 0:
             return None
         del dst[size:]
@@ -73,9 +80,10 @@ CODECS: Dict[int, object] = {c.codec_id: c for c in (RawCodec(), PlanesCodec())}
 CODEC_NAMES = {cid: c.name for cid, c in CODECS.items()}
 
 
-def encode_chunk(data: memoryview, dtype: str) -> Tuple[int, bytes]:
+def encode_chunk(data: memoryview, dtype: str,
+                 min_saving_ppm: int = DEFAULT_MIN_SAVING_PPM) -> Tuple[int, bytes]:
     """(codec id, payload) of the smallest encoding of one chunk."""
-    payload = CODECS[CODEC_PLANES].encode(data, dtype)
+    payload = CODECS[CODEC_PLANES].encode(data, dtype, min_saving_ppm)
     if payload is None:
         return CODEC_RAW, bytes(data)
     return CODEC_PLANES, payload
@@ -90,6 +98,6 @@ def decode_chunk(codec_id: int, payload, out: memoryview) -> None:
 
 
 __all__ = [
-    "CODEC_RAW", "CODEC_PLANES", "CODECS", "CODEC_NAMES", "DecodeError", "encode_chunk",
+    "DEFAULT_MIN_SAVING_PPM", "CODEC_RAW", "CODEC_PLANES", "CODECS", "CODEC_NAMES", "DecodeError", "encode_chunk",
     "decode_chunk", "DTYPE_CODES", "DTYPE_NAMES", "dtype_code", "dtype_name", "plane_layout",
 ]

@@ -1,0 +1,158 @@
+"""Slow, plain reference decoder of chunk payloads, written from FORMAT.md and
+docs/RANS.md alone. The tests hold the Cython decoder to it: same bytes for valid input,
+and an error wherever it reports one. Speed is not a goal; clarity is."""
+from __future__ import annotations
+
+from typing import List
+
+PROB_BITS = 12
+PROB_SCALE = 1 << PROB_BITS
+LANES = 8
+STATE_LOW = 1 << 24
+PLANE_RAW, PLANE_RANS, PLANE_CONST = 0, 1, 2
+
+
+class ReferenceError(ValueError):
+    """The payload breaks a rule of the format."""
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise ReferenceError(what)
+
+
+class _Bits:
+    """LSB-first bit reader over a byte string."""
+
+    def __init__(self, data: bytes, start: int):
+        self.data, self.start, self.pos = data, start, 0
+
+    def bit(self) -> int:
+        byte = self.start + self.pos // 8
+        _check(byte < len(self.data), "frequency table truncated")
+        b = (self.data[byte] >> (self.pos % 8)) & 1
+        self.pos += 1
+        return b
+
+    def exp_golomb(self, k: int) -> int:
+        zeros = 0
+        while not self.bit():
+            zeros += 1
+            _check(zeros <= 20, "Exp-Golomb prefix too long")
+        u = 1
+        for _ in range(zeros + k):
+            u = (u << 1) | self.bit()
+        return u - (1 << k)
+
+    def end(self) -> int:
+        return self.start + (self.pos + 7) // 8
+
+
+def read_freq_table(s: bytes) -> tuple:
+    """(frequencies of the 256 symbols, bytes consumed)."""
+    _check(len(s) >= 3, "frequency table truncated")
+    k, sparse, base, present = s[0] & 15, s[0] & 16, s[1], s[2] + 1
+    _check(not s[0] & 0xE0 and k <= 12 and base >= 1, "bad frequency table header")
+    _check(sparse or present == 256, "dense table must list all 256 symbols")
+    bits = _Bits(s, 3)
+    freq = [0] * 256
+    prev, total = -1, 0
+    for i in range(present):
+        sym = prev + 1 + bits.exp_golomb(0) if sparse else i
+        _check(sym <= 255, "symbol out of range")
+        if i < present - 1:
+            freq[sym] = base + bits.exp_golomb(k)
+            total += freq[sym]
+            _check(total < PROB_SCALE, "frequencies exceed the scale")
+        else:
+            freq[sym] = PROB_SCALE - total
+        prev = sym
+    return freq, bits.end()
+
+
+def rans_decode(s: bytes, n: int) -> bytes:
+    """Decode an rANS stream of exactly n symbols (docs/RANS.md)."""
+    freq, pos = read_freq_table(s)
+    _check(pos + 2 <= len(s), "stream truncated")
+    lens = s[pos] | s[pos + 1] << 8
+    pos += 2
+    states: List[int] = []
+    for j in range(LANES):
+        size = 4 + ((lens >> 2 * j) & 3)
+        _check(pos + size <= len(s), "stream truncated")
+        states.append(int.from_bytes(s[pos:pos + size], "little"))
+        pos += size
+        _check(STATE_LOW <= states[-1] < 1 << 56, "state out of range")
+    cum, slot_symbol, c = [0] * 256, [], 0
+    for sym in range(256):
+        cum[sym] = c
+        c += freq[sym]
+        slot_symbol += [sym] * freq[sym]
+    out = bytearray()
+    for block in range(0, n, 2 * LANES):
+        r = min(2 * LANES, n - block)
+        for position in range(r):                 # positions 0..7, then 8..15
+            j = position % LANES
+            x = states[j]
+            slot = x & (PROB_SCALE - 1)
+            sym = slot_symbol[slot]
+            states[j] = freq[sym] * (x >> PROB_BITS) + slot - cum[sym]
+            out.append(sym)
+        for j in range(min(r, LANES)):
+            if states[j] < STATE_LOW:
+                _check(pos + 4 <= len(s), "stream truncated")
+                states[j] = (states[j] << 32) | int.from_bytes(s[pos:pos + 4], "little")
+                pos += 4
+    _check(pos == len(s), "trailing bytes after the last symbol")
+    _check(all(x == STATE_LOW for x in states), "final state mismatch")
+    return bytes(out)
+
+
+def merge_planes(planes: List[bytes], width: int, rot: int) -> bytes:
+    """Inverse of the plane split: plane j holds byte (width-1-j) of rotl(element, rot)."""
+    bits = 8 * width
+    mask = (1 << bits) - 1
+    out = bytearray()
+    for i in range(len(planes[0])):
+        v = 0
+        for j in range(width):
+            v = (v << 8) | planes[j][i]
+        v = ((v >> rot) | (v << (bits - rot))) & mask if rot else v
+        out += v.to_bytes(width, "little")
+    return bytes(out)
+
+
+def decode_planes(payload: bytes, length: int) -> bytes:
+    """Decode a PLANES payload (FORMAT.md, codec 1) of a chunk of `length` original bytes."""
+    _check(len(payload) >= 2, "payload truncated")
+    width, rot = payload[0], payload[1]
+    _check(width in (1, 2, 4, 8) and rot < 8 * width and length % width == 0, "bad layout")
+    n = length // width
+    pos = 2 + 5 * width
+    _check(len(payload) >= pos, "payload truncated")
+    entries = [(payload[2 + 5 * j], int.from_bytes(payload[3 + 5 * j:7 + 5 * j], "little"))
+               for j in range(width)]
+    _check(pos + sum(size for _, size in entries) == len(payload), "plane lengths")
+    planes = []
+    for mode, size in entries:
+        stream = payload[pos:pos + size]
+        if mode == PLANE_RAW:
+            _check(size == n, "raw plane length")
+            planes.append(stream)
+        elif mode == PLANE_CONST:
+            _check(size == 1, "const plane length")
+            planes.append(stream * n)
+        elif mode == PLANE_RANS:
+            planes.append(rans_decode(stream, n))
+        else:
+            raise ReferenceError(f"unknown plane mode {mode}")
+        pos += size
+    return merge_planes(planes, width, rot)
+
+
+def decode_chunk(codec: int, payload: bytes, length: int) -> bytes:
+    if codec == 0:
+        _check(len(payload) == length, "raw chunk length")
+        return bytes(payload)
+    _check(codec == 1, f"unknown codec {codec}")
+    return decode_planes(payload, length)
