@@ -1,6 +1,6 @@
 # Interleaved static rANS over bytes: 8 lanes, 64-bit states, 32-bit renormalisation once per
 # PAIR of symbols per lane, 12-bit probabilities.  The byte layout is specified in
-# docs/RANS.md (and FORMAT.md, "rANS stream").
+# FORMAT.md, "rANS stream".
 #
 # Why these constants: states live in [2^24, 2^56).  Decoding one symbol shrinks a state by
 # at most 12 bits, so two symbols shrink it by at most 24 bits and one 32-bit read then
@@ -145,7 +145,7 @@ cdef void normalize_freqs(const uint32_t* counts, Py_ssize_t n, uint32_t* freqs)
 
 
 # ---------------------------------------------------------------------------------------
-# Frequency table: Exp-Golomb coded (docs/RANS.md).  byte 0 = k | TABLE_SPARSE?,
+# Frequency table: Exp-Golomb coded (FORMAT.md).  byte 0 = k | TABLE_SPARSE?,
 # byte 1 = base (smallest frequency, 1..255), byte 2 = present - 1, then an LSB-first
 # bit stream: per present symbol [EG0(gap) if sparse] [EGk(freq - base) unless last].
 

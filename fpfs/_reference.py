@@ -1,5 +1,5 @@
 """Slow, plain reference decoder of chunk payloads, written from FORMAT.md and
-docs/RANS.md alone. The tests hold the Cython decoder to it: same bytes for valid input,
+its "rANS stream" section alone. The tests hold the Cython decoder to it: same bytes for valid input,
 and an error wherever it reports one. Speed is not a goal; clarity is."""
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def read_freq_table(s: bytes) -> tuple:
 
 
 def rans_decode(s: bytes, n: int) -> bytes:
-    """Decode an rANS stream of exactly n symbols (docs/RANS.md)."""
+    """Decode an rANS stream of exactly n symbols (FORMAT.md, "rANS stream")."""
     freq, pos = read_freq_table(s)
     _check(pos + 2 <= len(s), "stream truncated")
     lens = s[pos] | s[pos + 1] << 8

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Write the golden files of the current format version into tests/golden/v<VERSION>/.
+
+Run once when a format version is created, commit the output, and never regenerate it:
+test_golden.py decodes these files forever. Inputs are a slice of the real MiniLM weights
+in several dtypes plus synthetic edge cases, small enough to keep in git."""
+from __future__ import annotations
+
+import os
+import sys
+
+import ml_dtypes
+import numpy as np
+from safetensors.numpy import save_file
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+import fpfs  # noqa: E402
+from fpfs.container import VERSION  # noqa: E402
+from tests.weights import cast_fp8, load_real, quantize_mxfp4  # noqa: E402
+
+
+def tensors() -> dict:
+    real = load_real()["encoder.layer.0.attention.self.query.weight"][:64]   # 64 x 384 FP32
+    packed, scales = quantize_mxfp4(real)
+    rng = np.random.default_rng(7)
+    return {
+        "f32": real, "bf16": real.astype(ml_dtypes.bfloat16), "f16": real.astype(np.float16),
+        "e4m3": cast_fp8(real, ml_dtypes.float8_e4m3fn),
+        "e5m2": cast_fp8(real, ml_dtypes.float8_e5m2),
+        "mxfp4.blocks": packed, "mxfp4.scales": scales.view(ml_dtypes.float8_e8m0fnu),
+        "f64": real[:4].astype(np.float64), "i64": np.arange(100, dtype=np.int64),
+        "u16": rng.integers(0, 50, 333).astype(np.uint16), "bool": rng.random(77) < 0.1,
+        "zeros": np.zeros(5000, np.float32), "scalar": np.array(3.5, np.float32),
+        "empty": np.zeros((0, 3), np.float16),
+    }
+
+
+def main() -> None:
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"v{VERSION}")
+    os.makedirs(out, exist_ok=True)
+    src = os.path.join(out, "mixed.safetensors")
+    save_file(tensors(), src, metadata={"format": "pt", "golden": f"v{VERSION}"})
+    fpfs.compress_file(src, src + ".fpz", chunk_size=16384)
+    print("wrote", src, os.path.getsize(src), "->", os.path.getsize(src + ".fpz"))
+
+
+if __name__ == "__main__":
+    main()
