@@ -52,9 +52,10 @@ class _Operations(FpfsOperations):
         if conn is not None and hasattr(conn, "max_readahead"):
             conn.max_readahead = READAHEAD_KB * 1024
         if config is not None:
-            # Files are immutable while their size/mtime hold: keep the page cache across
-            # opens, drop it when a backing file is replaced.
-            config.auto_cache = 1
+            # Files are immutable while their backing file stays the same: FpfsOperations.open
+            # keeps the page cache across opens and drops it when a backing file was replaced
+            # (auto_cache would re-check only after attr_timeout and serve stale pages).
+            config.auto_cache = 0
             config.entry_timeout = 1.0
             config.attr_timeout = 1.0
         threading.Thread(target=self._announce, name="fpfs-ready", daemon=True).start()
@@ -87,6 +88,13 @@ def run(backing: str, mountpoint: str, cache_bytes: int, threads: int,
         options["allow_other"] = True
     try:
         fuse.FUSE(ops, mountpoint, raw_fi=True, **options)
+    except RuntimeError as exc:
+        # fuse_main returns 8 when its loop ends with a non-zero status, which is what
+        # libfuse's own SIGTERM/SIGINT/SIGHUP handlers leave (they exit the loop and
+        # unmount): a requested stop, not a crash (systemd stops us with SIGTERM).
+        if exc.args != (8,):
+            raise
+        log.info("stopped by a signal (libfuse loop status 8)")
     finally:
         sd_notify("STOPPING=1")
         log.info("unmounted %s", mountpoint)

@@ -108,12 +108,15 @@ def _tail(path: str, lines: int = 15) -> str:
         return ""
 
 
-def umount(mountpoint: str) -> int:
+def umount(mountpoint: str, lazy: bool = False) -> int:
+    """Unmount; lazy detaches the mount at once even while files are open (the daemon
+    keeps serving those and exits when the last one is closed)."""
     if not os.path.ismount(mountpoint):
         raise MountError(f"{mountpoint}: not mounted")
-    tools = [["fusermount3", "-u", mountpoint], ["fusermount", "-u", mountpoint]]
+    flag = "-uz" if lazy else "-u"
+    tools = [["fusermount3", flag, mountpoint], ["fusermount", flag, mountpoint]]
     if os.geteuid() == 0:
-        tools.append(["umount", mountpoint])
+        tools.append(["umount"] + (["-l"] if lazy else []) + [mountpoint])
     last = ""
     for cmd in tools:
         if not shutil.which(cmd[0]):
@@ -126,7 +129,10 @@ def umount(mountpoint: str) -> int:
                 time.sleep(0.05)
             return 0
         last = res.stderr.strip()
-    raise MountError(f"cannot unmount {mountpoint}: {last or 'no fusermount3/umount found'}")
+    hint = "" if lazy or "busy" not in last else \
+        f" (files are open; close them, or detach now with: fpfs umount --lazy {mountpoint})"
+    raise MountError(f"cannot unmount {mountpoint}: "
+                     f"{last or 'no fusermount3/umount found'}{hint}")
 
 
 def read_status(mountpoint: str) -> dict:

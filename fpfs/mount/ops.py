@@ -48,6 +48,8 @@ class FpfsOperations(fuse.Operations):
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fpfs-prefetch")
         self._files: Dict[str, PackedFile] = {}      # backing path -> open container
         self._handles: Dict[int, _Handle] = {}
+        self._opened: Dict[str, tuple] = {}           # mount path -> identity at last open
+        self._attrs: Dict[str, tuple] = {}            # mount path -> identity at last getattr
         self._next_fh = itertools.count(1)
         self._lock = threading.Lock()
         self.started = time.time()
@@ -109,7 +111,10 @@ class FpfsOperations(fuse.Operations):
         for key in ("st_atime", "st_mtime", "st_ctime"):
             attrs[key] = getattr(st, key + "_ns")
         if packed:
-            attrs["st_size"] = self._packed(real).size
+            pf = self._packed(real)
+            attrs["st_size"] = pf.size
+            with self._lock:
+                self._attrs[path] = pf.identity
             attrs["st_mode"] &= ~0o222          # read-only view
             attrs["st_blocks"] = st.st_blocks
         return attrs
@@ -152,6 +157,7 @@ class FpfsOperations(fuse.Operations):
     def open(self, path, fi):
         if fi.flags & WRITE_FLAGS:
             raise FuseOSError(errno.EROFS)
+        ident = None
         if path == "/" + STATUS_NAME:
             fi.direct_io = 1            # content changes on every read
             handle = _Handle()
@@ -159,10 +165,27 @@ class FpfsOperations(fuse.Operations):
             real, packed = self._resolve(path)
             if packed:
                 handle = _Handle(packed=self._packed(real))
+                ident = handle.packed.identity
+                with self._lock:
+                    stale = self._attrs.get(path, ident) != ident
+                    self._attrs[path] = ident
+                if stale:
+                    # The kernel caches the size it got from getattr for attr_timeout; a
+                    # replaced container of another size would be read to the old size
+                    # (zero-filled past the new end). Make it ask again.
+                    _invalidate_kernel_attrs(path)
             else:
                 handle = _Handle(fd=os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
-        fi.keep_cache = 0               # auto_cache decides from size/mtime on every open
+                st = os.fstat(handle.fd)
+                ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
+            # Keep the kernel's page cache across opens only while the backing file is the
+            # one it was filled from; a replaced file (new inode, size or mtime) drops it
+            # here, at open, so a reader never gets cached old pages mixed with new ones.
+            # (libfuse's auto_cache cannot do this: it rechecks only after attr_timeout.)
+            fi.keep_cache = int(ident is not None and self._opened.get(path) == ident)
+            if ident is not None:
+                self._opened[path] = ident
             fh = next(self._next_fh)
             self._handles[fh] = handle
         fi.fh = fh
@@ -224,6 +247,22 @@ class FpfsOperations(fuse.Operations):
             for pf in self._files.values():
                 pf.close()
             self._files.clear()
+
+
+def _invalidate_kernel_attrs(path: str) -> None:
+    """fuse_invalidate_path for path, from inside a request (needs its fuse context).
+    Safe in open(): libfuse takes only its node-table lock, the kernel no inode lock."""
+    lib = getattr(fuse, "_libfuse", None)
+    func = getattr(lib, "fuse_invalidate_path", None) if lib is not None else None
+    if func is None:
+        return
+    try:
+        ctx = lib.fuse_get_context()
+        res = func(ctypes.c_void_p(ctx.contents.fuse), path.encode())
+        if res not in (0, -errno.ENOENT):
+            log.info("fuse_invalidate_path(%s) returned %d", path, res)
+    except Exception as exc:                # noqa: BLE001 - best effort, never fail open()
+        log.info("fuse_invalidate_path(%s) failed: %s", path, exc)
 
 
 def _is_regular(path: str) -> bool:
