@@ -8,6 +8,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Hashable
 
+import numpy as np
+
 
 @dataclass
 class CacheStats:
@@ -44,11 +46,11 @@ class ChunkCache:
         self.budget = budget_bytes
         self.used = 0
         self.stats = CacheStats()
-        self._lru: "OrderedDict[Hashable, bytearray]" = OrderedDict()
+        self._lru: "OrderedDict[Hashable, np.ndarray]" = OrderedDict()
         self._inflight: Dict[Hashable, _InFlight] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, load: Callable[[], bytearray]) -> bytearray:
+    def get(self, key: Hashable, load: Callable[[], np.ndarray]) -> np.ndarray:
         """The cached value for key, or load() it once however many threads ask at once.
         An exception from load() reaches every waiter and nothing is cached."""
         with self._lock:
@@ -93,7 +95,7 @@ class ChunkCache:
         with self._lock:
             return key in self._lru or key in self._inflight
 
-    def _insert(self, key: Hashable, value: bytearray) -> None:
+    def _insert(self, key: Hashable, value: np.ndarray) -> None:
         size = len(value)
         if size > self.budget:
             return

@@ -294,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory for decoded chunks (default 1G)")
     m.add_argument("--threads", type=int, default=None,
                    help="prefetch/decode threads (default: number of cores)")
+    m.add_argument("--writable", action="store_true",
+                   help="allow writes: files written through the mount are stored "
+                        "compressed (safetensors, by content) or as they are, on close")
     m.add_argument("--allow-other", action="store_true",
                    help="let other users access the mount (file modes are enforced)")
     m.add_argument("--log-file", default=None,

@@ -4,7 +4,6 @@ fsync, rename) and a compressed file is verified before it is renamed into place
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +13,14 @@ from typing import Callable, Iterator, List, Optional, Tuple
 from .codecs import DEFAULT_MIN_SAVING_PPM, dtype_code, encode_chunk
 from .container import (DEFAULT_CHUNK_SIZE, ChunkRecord, Container, ContainerWriter, checksum,
                         validate_chunk_size)
-from .errors import CorruptContainer
+from .errors import CorruptContainer, FpfsError
 from .safetensors_header import SafetensorsLayout, read_layout
 
 Progress = Optional[Callable[[int], None]]   # called with the number of original bytes done
+
+
+class SourceChanged(FpfsError):
+    """The input file changed size while it was being compressed."""
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,16 @@ def plan_chunks(layout: SafetensorsLayout, chunk_size: int) -> List[Tuple[int, i
     return chunks
 
 
-def _encode(view: memoryview, chunk: Tuple[int, int, str], min_saving_ppm: int) -> ChunkRecord:
+def _encode(fd: int, chunk: Tuple[int, int, str],
+            min_saving_ppm: int) -> Tuple[ChunkRecord, bytes]:
+    """Read and encode one chunk (os.pread, not mmap: a source that shrinks or a full tmpfs
+    must be an error, not a SIGBUS that kills the process, e.g. the mount daemon)."""
     off, length, dtype = chunk
-    data = view[off:off + length]
-    codec, payload = encode_chunk(data, dtype, min_saving_ppm)
-    return ChunkRecord(off, length, codec, dtype_code(dtype), checksum(data), payload)
+    data = os.pread(fd, length, off)
+    if len(data) != length:
+        raise SourceChanged(f"source file shrank while being compressed (at byte {off})")
+    codec, payload = encode_chunk(memoryview(data), dtype, min_saving_ppm)
+    return ChunkRecord(off, length, codec, dtype_code(dtype), checksum(data), payload), data
 
 
 def _ordered_map(pool: ThreadPoolExecutor, fn, items, window: int) -> Iterator:
@@ -100,16 +108,10 @@ def compress_file(src: str, dst: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
     out = _AtomicOutput(dst)
     try:
         with open(src, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size != layout.file_size:
-                raise CorruptContainer(f"{src}: changed while being compressed")
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                view = memoryview(mm)
-                try:
-                    stored = _write_container(view, layout, out.file, chunk_size, threads,
-                                              progress, min_saving_ppm)
-                finally:
-                    view.release()
+            if os.fstat(f.fileno()).st_size != layout.file_size:
+                raise SourceChanged(f"{src}: changed while being compressed")
+            stored = _write_container(f.fileno(), layout, out.file, chunk_size, threads,
+                                      progress, min_saving_ppm)
         out.file.flush()
         if verify:
             verify_file(out.tmp)
@@ -120,16 +122,19 @@ def compress_file(src: str, dst: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
     return CompressResult(layout.file_size, stored)
 
 
-def _write_container(view, layout, file, chunk_size, threads, progress,
+def _write_container(fd, layout, file, chunk_size, threads, progress,
                      min_saving_ppm) -> int:
-    prefix = bytes(view[:layout.prefix_length])
+    prefix = os.pread(fd, layout.prefix_length, 0)
+    if len(prefix) != layout.prefix_length:
+        raise SourceChanged("source file shrank while being compressed")
     sha = hashlib.sha256(prefix)
     writer = ContainerWriter(file, prefix, layout.file_size, chunk_size)
     done = layout.prefix_length
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fpfs-enc") as pool:
-        encode = lambda chunk: _encode(view, chunk, min_saving_ppm)  # noqa: E731
-        for rec in _ordered_map(pool, encode, plan_chunks(layout, chunk_size), 4 * threads):
-            sha.update(view[rec.orig_offset:rec.orig_offset + rec.orig_length])
+        encode = lambda chunk: _encode(fd, chunk, min_saving_ppm)  # noqa: E731
+        for rec, data in _ordered_map(pool, encode, plan_chunks(layout, chunk_size),
+                                      4 * threads):
+            sha.update(data)
             writer.add(rec)
             done += rec.orig_length
             if progress:

@@ -210,12 +210,12 @@ class Container:
             raise CorruptChunk(self.path, index, "file truncated")
         return data
 
-    def decode(self, index: int) -> bytearray:
-        """The original bytes of chunk `index`, checksum-verified. Callers share the result
-        through the cache and must not modify it."""
+    def decode(self, index: int) -> np.ndarray:
+        """The original bytes of chunk `index` (uint8 array), checksum-verified. Callers
+        share the result through the cache and must not modify it."""
         e = self.table[index]
         payload = self.read_payload(index)
-        out = bytearray(int(e["orig_length"]))
+        out = np.empty(int(e["orig_length"]), dtype=np.uint8)   # every byte is overwritten
         try:
             decode_chunk(int(e["codec"]), payload, memoryview(out))
         except DecodeError as exc:

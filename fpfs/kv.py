@@ -112,6 +112,11 @@ def _decode(blob: memoryview, chunk_size: int):
     nbytes, csum, nchunks = _TAIL.unpack_from(blob, pos)
     pos += _TAIL.size
     itemsize = _numpy_dtypes()[name].itemsize
+    extent = 1                  # numpy refuses shapes whose non-zero dims overflow intp
+    for dim in shape:
+        extent *= max(dim, 1)
+    if extent * itemsize >= 1 << 63:
+        bad("shape too large")
     if int(np.prod(shape, dtype=object)) * itemsize != nbytes or \
             nchunks != -(-nbytes // chunk_size) or pos + nchunks * _CHUNK.size > len(blob):
         bad("inconsistent sizes")

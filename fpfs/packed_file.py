@@ -6,13 +6,15 @@ from __future__ import annotations
 import io
 import threading
 from concurrent.futures import Executor
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Tuple
+
+import numpy as np
 
 from .cache import ChunkCache
 from .container import Container
 
 DEFAULT_PREFETCH = 4     # chunks decoded ahead of a sequential reader
-Segment = Tuple[Union[bytes, bytearray], int, int]
+Segment = Tuple[np.ndarray, int, int]     # (buffer, start, stop)
 
 
 class PackedFile:
@@ -26,7 +28,7 @@ class PackedFile:
         self.cache = cache if cache is not None else ChunkCache(4 * self.container.chunk_size)
         self._pool = prefetch_pool
         self._prefetch = prefetch if prefetch_pool is not None else 0
-        self._prefix = self.container.prefix
+        self._prefix = np.frombuffer(self.container.prefix, dtype=np.uint8)
         self._next_sequential = -1
         self._lock = threading.Lock()
 
@@ -34,7 +36,7 @@ class PackedFile:
     def identity(self):
         return self.container.identity
 
-    def chunk(self, index: int) -> bytearray:
+    def chunk(self, index: int) -> np.ndarray:
         """Decoded chunk `index` (through the cache; shared, do not modify). Raises CorruptChunk."""
         return self.cache.get((self.container.identity, index),
                               lambda: self.container.decode(index))

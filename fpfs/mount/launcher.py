@@ -57,7 +57,7 @@ def mount(args) -> int:
         from .daemon import run
         ready_fd = getattr(args, "ready_fd", None)
         run(args.backing, args.mountpoint, args.cache_size, threads, args.allow_other,
-            args.debug, ready_fd)
+            args.debug, ready_fd, args.writable)
         return 0
     return _spawn(args, threads)
 
@@ -71,6 +71,8 @@ def _spawn(args, threads: int) -> int:
            str(args.cache_size), "--threads", str(threads), "--ready-fd", str(w)]
     if args.allow_other:
         cmd.append("--allow-other")
+    if args.writable:
+        cmd.append("--writable")
     if args.debug:
         cmd.append("--debug")
     with open(log_file, "ab") as log:

@@ -1,6 +1,7 @@
 """FUSE operations (the fusepy/mfusepy Operations API) over a backing tree written by
 `fpfs compress`: X.fpz is shown as X with its original size and bytes, everything else
-passes through. Read-only. Any failure to produce correct bytes is EIO plus a log line."""
+passes through. Read-only unless writable (then staging.py stores what is written).
+Any failure to produce correct bytes is EIO plus a log line."""
 from __future__ import annotations
 
 import ctypes
@@ -21,6 +22,7 @@ from ..container import is_container
 from ..errors import FpfsError
 from ..packed_file import PackedFile
 from .fuse_lib import load
+from .staging import TMP_PREFIX, StagedFile, StagingArea
 
 log = logging.getLogger("fpfs.mount")
 fuse = load()
@@ -32,18 +34,23 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
 class _Handle:
-    __slots__ = ("packed", "fd")
+    __slots__ = ("packed", "fd", "staged")
 
-    def __init__(self, packed: Optional[PackedFile] = None, fd: int = -1):
+    def __init__(self, packed: Optional[PackedFile] = None, fd: int = -1,
+                 staged: Optional[StagedFile] = None):
         self.packed = packed
-        self.fd = fd
+        self.fd = staged.fd if staged is not None else fd
+        self.staged = staged
 
 
 class FpfsOperations(fuse.Operations):
     use_ns = True
 
-    def __init__(self, backing: str, cache_bytes: int, threads: int):
+    def __init__(self, backing: str, cache_bytes: int, threads: int, writable: bool = False):
         self.root = os.path.realpath(backing)
+        self.staging = StagingArea(self.root) if writable else None
+        if self.staging is not None:
+            self.staging.clean_leftovers()
         self.cache = ChunkCache(cache_bytes)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fpfs-prefetch")
         self._files: Dict[str, PackedFile] = {}      # backing path -> open container
@@ -104,7 +111,11 @@ class FpfsOperations(fuse.Operations):
             return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": STATUS_SIZE,
                     "st_mtime": now, "st_atime": now, "st_ctime": now,
                     "st_uid": os.getuid(), "st_gid": os.getgid()}
-        real, packed = self._resolve(path)
+        staged = self.staging.get(self._backing(path)) if self.staging else None
+        if staged is not None:                 # being written: show the staged content
+            real, packed = staged.path, False
+        else:
+            real, packed = self._resolve(path)
         st = os.lstat(real)
         attrs = {key: getattr(st, key) for key in (
             "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_ino")}
@@ -127,7 +138,7 @@ class FpfsOperations(fuse.Operations):
         present = set(names)
         shown = [".", ".."]
         for name in names:
-            if name.startswith(".fpfs-tmp-"):
+            if name.startswith(TMP_PREFIX):
                 continue            # an interrupted writer's temporary file
             if name.endswith(SUFFIX) and name[:-len(SUFFIX)] and \
                     name[:-len(SUFFIX)] not in present and is_container(os.path.join(real, name)):
@@ -147,7 +158,7 @@ class FpfsOperations(fuse.Operations):
             "f_flag", "f_frsize", "f_namemax")}
 
     def access(self, path, amode):
-        if amode & os.W_OK:
+        if amode & os.W_OK and self.staging is None:
             raise FuseOSError(errno.EROFS)
         if path != "/" + STATUS_NAME:
             self._resolve(path)
@@ -156,7 +167,7 @@ class FpfsOperations(fuse.Operations):
     # -- reading -----------------------------------------------------------------------
     def open(self, path, fi):
         if fi.flags & WRITE_FLAGS:
-            raise FuseOSError(errno.EROFS)
+            return self._open_for_write(path, fi)
         ident = None
         if path == "/" + STATUS_NAME:
             fi.direct_io = 1            # content changes on every read
@@ -192,37 +203,189 @@ class FpfsOperations(fuse.Operations):
         return 0
 
     def read(self, path, size, offset, fi):
+        """The fusepy-style read (returns bytes); the daemon uses read_into instead."""
+        buf = ctypes.create_string_buffer(size)
+        n = self.read_into(path, ctypes.addressof(buf), size, offset, fi)
+        return buf.raw[:n]
+
+    def read_into(self, path, address: int, size: int, offset: int, fi) -> int:
+        """Copy up to size bytes at offset straight into libfuse's buffer at address: one
+        copy from the decoded chunks, no per-request allocation (ctypes.memmove releases
+        the GIL). Returns the byte count; a chunk that fails its checks is EIO."""
         handle = self._handles.get(fi.fh)
         if handle is None:
             raise FuseOSError(errno.EBADF)
         if handle.packed is not None:
             try:
                 segments = handle.packed.pread_segments(offset, size)
-            except FpfsError as exc:
+            except (FpfsError, OSError) as exc:
                 self.read_errors += 1
                 log.error("read %s offset %d size %d: %s", path, offset, size, exc)
                 raise FuseOSError(errno.EIO) from None
-            except OSError as exc:
-                self.read_errors += 1
-                log.error("read %s offset %d: backing file: %s", path, offset, exc)
-                raise FuseOSError(errno.EIO) from None
-            self.reads += 1
-            data = _fuse_buffer(segments)
-            self.bytes_served += len(data)
-            return data
-        if handle.fd >= 0:
-            data = os.pread(handle.fd, size, offset)
+            n = 0
+            for arr, start, stop in segments:
+                ctypes.memmove(address + n, arr.ctypes.data + start, stop - start)
+                n += stop - start
+        elif handle.fd >= 0:
+            n = os.preadv(handle.fd, [(ctypes.c_char * size).from_address(address)], offset)
         else:
             data = self._status_bytes()[offset:offset + size]
+            ctypes.memmove(address, data, len(data))
+            n = len(data)
         self.reads += 1
-        self.bytes_served += len(data)
-        return data
+        self.bytes_served += n
+        return n
 
     def release(self, path, fi):
         with self._lock:
             handle = self._handles.pop(fi.fh, None)
-        if handle is not None and handle.fd >= 0:
+        if handle is None:
+            return 0
+        if handle.staged is not None:
+            self.staging.release(handle.staged)
+        elif handle.fd >= 0:
             os.close(handle.fd)
+        return 0
+
+    # -- writing (--writable) ------------------------------------------------------------
+    def _writable(self) -> StagingArea:
+        if self.staging is None:
+            raise FuseOSError(errno.EROFS)
+        return self.staging
+
+    def _add_handle(self, handle: _Handle, fi) -> int:
+        with self._lock:
+            fh = next(self._next_fh)
+            self._handles[fh] = handle
+        fi.fh = fh
+        fi.keep_cache = 0
+        return 0
+
+    def _open_for_write(self, path, fi):
+        staging = self._writable()
+        target = self._backing(path)
+        real, packed = self._resolve(path)
+        if os.path.isdir(real) or os.path.islink(real):
+            raise FuseOSError(errno.EISDIR if os.path.isdir(real) else errno.EPERM)
+        staged = staging.open(target, real, packed, bool(fi.flags & os.O_TRUNC))
+        with self._lock:
+            self._opened.pop(path, None)         # its page cache is stale after this write
+        return self._add_handle(_Handle(staged=staged), fi)
+
+    def create(self, path, mode, fi):
+        staged = self._writable().open(self._backing(path), None, False, True, mode)
+        with self._lock:
+            self._opened.pop(path, None)
+        return self._add_handle(_Handle(staged=staged), fi)
+
+    def write(self, path, data, offset, fi):
+        handle = self._handles.get(fi.fh)
+        if handle is None or handle.staged is None:
+            raise FuseOSError(errno.EBADF)
+        handle.staged.dirty = True
+        return os.pwrite(handle.fd, data, offset)
+
+    def truncate(self, path, length, fh=None):
+        staging = self._writable()
+        staged = staging.get(self._backing(path))
+        if staged is not None:
+            os.ftruncate(staged.fd, length)
+            staged.dirty = True
+            return 0
+        real, packed = self._resolve(path)
+        staged = staging.open(self._backing(path), real, packed, length == 0)
+        try:
+            os.ftruncate(staged.fd, length)
+            staged.dirty = True
+            staging.commit(staged)
+        finally:
+            staging.release(staged)
+        return 0
+
+    def flush(self, path, fi):
+        """close() returns what flush returns: store the file here, while the writer can
+        still be told that it failed (ENOSPC, ...); release() cannot report errors."""
+        handle = self._handles.get(fi.fh)
+        if handle is None or handle.staged is None:
+            return 0
+        staged = handle.staged
+        if staged.dirty and staged.refs == 1:
+            try:
+                self.staging.commit(staged)
+            except FpfsError as exc:
+                log.error("storing %s failed: %s", path, exc)
+                raise FuseOSError(errno.EIO) from None
+            except OSError as exc:
+                log.error("storing %s failed: %s (previous version kept)", path, exc)
+                raise FuseOSError(exc.errno or errno.EIO) from None
+        return 0
+
+    def fsync(self, path, datasync, fi):
+        handle = self._handles.get(fi.fh)
+        if handle is not None and handle.fd >= 0:
+            os.fsync(handle.fd)
+        return 0
+
+    def unlink(self, path):
+        self._writable()
+        real, _ = self._resolve(path)
+        os.unlink(real)
+        return 0
+
+    def mkdir(self, path, mode):
+        self._writable()
+        os.mkdir(self._backing(path), mode)
+        return 0
+
+    def rmdir(self, path):
+        self._writable()
+        os.rmdir(self._backing(path))
+        return 0
+
+    def symlink(self, target, source):
+        """Create the link `target` pointing to `source` (fusepy's naming)."""
+        self._writable()
+        os.symlink(source, self._backing(target))
+        return 0
+
+    def rename(self, old, new):
+        staging = self._writable()
+        dest = self._backing(new)
+        moved = staging.move(self._backing(old), dest)
+        try:
+            real, packed = self._resolve(old)
+        except FuseOSError:
+            if moved:                          # written, never stored yet: nothing to move
+                return 0
+            raise
+        if packed:
+            os.replace(real, dest + SUFFIX)
+            _remove_regular(dest)              # the new name's plain older version
+        else:
+            os.replace(real, dest)
+            if not os.path.isdir(dest):
+                _remove_regular(dest + SUFFIX)
+        with self._lock:
+            self._opened.pop(new, None)
+        return 0
+
+    def chmod(self, path, mode):
+        self._writable()
+        real, _ = self._resolve(path)
+        os.chmod(real, mode & 0o7777)
+        return 0
+
+    def chown(self, path, uid, gid):
+        self._writable()
+        real, _ = self._resolve(path)
+        os.chown(real, uid, gid, follow_symlinks=False)
+        return 0
+
+    def utimens(self, path, times=None):
+        self._writable()
+        real, _ = self._resolve(path)
+        os.utime(real, ns=times, follow_symlinks=False) if times else \
+            os.utime(real, follow_symlinks=False)
         return 0
 
     # -- status ------------------------------------------------------------------------
@@ -265,19 +428,13 @@ def _invalidate_kernel_attrs(path: str) -> None:
         log.info("fuse_invalidate_path(%s) failed: %s", path, exc)
 
 
+def _remove_regular(path: str) -> None:
+    if _is_regular(path):
+        os.unlink(path)
+
+
 def _is_regular(path: str) -> bool:
     try:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except OSError:
         return False
-
-
-def _fuse_buffer(segments):
-    """What read() hands libfuse: a ctypes view into the decoded chunk when the request lies
-    in one chunk (a per-request 1 MiB bytes allocation costs up to 3x the read), else the
-    joined bytes."""
-    if len(segments) == 1:
-        buf, start, stop = segments[0]
-        if isinstance(buf, bytearray) and stop > start:
-            return (ctypes.c_char * (stop - start)).from_buffer(buf, start)
-    return b"".join(memoryview(buf)[start:stop] for buf, start, stop in segments)
