@@ -11,12 +11,14 @@ a damaged buffer raises CorruptContainer instead of returning wrong values.
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import Any, List, Tuple
 
 import numpy as np
+import xxhash
 
 from .codecs import DecodeError, decode_chunk, dtype_code, dtype_name, encode_chunk
-from .container import DEFAULT_CHUNK_SIZE, checksum
+from .container import DEFAULT_CHUNK_SIZE
 from .errors import CorruptContainer, FpfsError
 
 MAGIC = b"FPKV"
@@ -78,7 +80,7 @@ def compress(tensor: Any, chunk_size: int = DEFAULT_CHUNK_SIZE) -> bytes:
         parts.append(payload)
     head = _HEAD.pack(MAGIC, VERSION, dtype_code(name), framework, len(shape))
     dims = struct.pack(f"<{len(shape)}Q", *shape)
-    tail = _TAIL.pack(len(view), checksum(view), len(parts))
+    tail = _TAIL.pack(len(view), _checksum(view, head + dims), len(parts))
     return b"".join([head, dims, tail, *entries, *parts])
 
 
@@ -134,9 +136,15 @@ def _decode(blob: memoryview, chunk_size: int):
         data_pos += length
     if data_pos != len(blob):
         bad("trailing bytes")
-    if checksum(out) != csum:
+    if _checksum(out, bytes(blob[:_HEAD.size + 8 * ndim])) != csum:
         bad("checksum mismatch")
     return name, framework, shape, out
+
+
+def _checksum(data, header: bytes) -> int:
+    """xxh3-64 of the data seeded with the CRC-32 of the header before it, so a damaged
+    dtype, framework or shape field is caught like damaged data."""
+    return xxhash.xxh3_64_intdigest(data, seed=zlib.crc32(header))
 
 
 def compress_block(cache: Any, index: int) -> bytes:
