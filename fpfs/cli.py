@@ -11,10 +11,11 @@ import sys
 from typing import List, Optional
 
 from . import SUFFIX, __version__
-from .compress import compress_file, decompress_file, verify_file
 from .codecs import DEFAULT_MIN_SAVING_PPM
+from .compress import compress_file, decompress_file, verify_file
 from .container import DEFAULT_CHUNK_SIZE, is_container, validate_chunk_size
 from .errors import CorruptContainer, FpfsError, NotSafetensors
+from .packed_file import DEFAULT_PREFETCH
 from .progress import ProgressBar, human_bytes
 from .safetensors_header import is_safetensors
 from .stats import container_stats, merge_stats
@@ -294,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory for decoded chunks (default 1G)")
     m.add_argument("--threads", type=int, default=None,
                    help="prefetch/decode threads (default: number of cores)")
+    m.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH, metavar="CHUNKS",
+                   help="chunks decoded ahead of a sequential reader (default "
+                        f"{DEFAULT_PREFETCH}; 0 turns prefetch off)")
     m.add_argument("--writable", action="store_true",
                    help="allow writes: files written through the mount are stored "
                         "compressed (safetensors, by content) or as they are, on close")

@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Optional
 
+from ..packed_file import DEFAULT_PREFETCH
 from .ops import FpfsOperations, fuse
 
 log = logging.getLogger("fpfs.mount")
@@ -103,9 +104,9 @@ class _Operations(FpfsOperations):
 
 def run(backing: str, mountpoint: str, cache_bytes: int, threads: int,
         allow_other: bool = False, debug: bool = False, ready_fd: Optional[int] = None,
-        writable: bool = False) -> None:
+        writable: bool = False, prefetch: int = DEFAULT_PREFETCH) -> None:
     tune_malloc()
-    ops = _Operations(backing, cache_bytes, threads, writable, mountpoint=mountpoint,
+    ops = _Operations(backing, cache_bytes, threads, writable, prefetch, mountpoint=mountpoint,
                       ready_fd=ready_fd)
     options = dict(foreground=True, nothreads=False, ro=not writable, default_permissions=True,
                    hard_remove=True,

@@ -57,7 +57,7 @@ def mount(args) -> int:
         from .daemon import run
         ready_fd = getattr(args, "ready_fd", None)
         run(args.backing, args.mountpoint, args.cache_size, threads, args.allow_other,
-            args.debug, ready_fd, args.writable)
+            args.debug, ready_fd, args.writable, args.prefetch)
         return 0
     return _spawn(args, threads)
 
@@ -68,7 +68,8 @@ def _spawn(args, threads: int) -> int:
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "fpfs.cli", "mount", os.path.abspath(args.backing),
            os.path.abspath(args.mountpoint), "--foreground", "--cache-size",
-           str(args.cache_size), "--threads", str(threads), "--ready-fd", str(w)]
+           str(args.cache_size), "--threads", str(threads), "--prefetch", str(args.prefetch),
+           "--ready-fd", str(w)]
     if args.allow_other:
         cmd.append("--allow-other")
     if args.writable:

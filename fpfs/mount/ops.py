@@ -20,7 +20,7 @@ from .. import SUFFIX
 from ..cache import ChunkCache
 from ..container import is_container
 from ..errors import FpfsError
-from ..packed_file import PackedFile
+from ..packed_file import DEFAULT_PREFETCH, PackedFile
 from .fuse_lib import load
 from .staging import TMP_PREFIX, StagedFile, StagingArea
 
@@ -46,13 +46,15 @@ class _Handle:
 class FpfsOperations(fuse.Operations):
     use_ns = True
 
-    def __init__(self, backing: str, cache_bytes: int, threads: int, writable: bool = False):
+    def __init__(self, backing: str, cache_bytes: int, threads: int, writable: bool = False,
+                 prefetch: int = DEFAULT_PREFETCH):
         self.root = os.path.realpath(backing)
         self.staging = StagingArea(self.root) if writable else None
         if self.staging is not None:
             self.staging.clean_leftovers()
         self.cache = ChunkCache(cache_bytes)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fpfs-prefetch")
+        self.prefetch = prefetch
         self._files: Dict[str, PackedFile] = {}      # backing path -> open container
         self._handles: Dict[int, _Handle] = {}
         self._opened: Dict[str, tuple] = {}           # mount path -> identity at last open
@@ -96,7 +98,7 @@ class FpfsOperations(fuse.Operations):
             if pf is not None and pf.identity == ident:
                 return pf
         try:
-            pf = PackedFile(real, self.cache, self.pool)
+            pf = PackedFile(real, self.cache, self.pool, self.prefetch)
         except FpfsError as exc:
             log.error("cannot open %s: %s", real, exc)
             raise FuseOSError(errno.EIO) from None
