@@ -1,5 +1,5 @@
-"""Helpers shared by the benchmarks: the fpfs command line in a subprocess, a real mount that
-is always unmounted, and small timing/statistics helpers."""
+"""Helpers shared by the benchmarks: the fpfs command line and real mounts (the same helpers
+the tests use, tests/mounting.py), and small timing/statistics helpers."""
 from __future__ import annotations
 
 import contextlib
@@ -14,17 +14,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from tests import mounting  # noqa: E402
 
-def cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m fpfs.cli ARGS` (this checkout first on the path), output captured."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-m", "fpfs.cli", *args], capture_output=True,
-                         text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
-    if check and res.returncode != 0:
-        raise RuntimeError(f"fpfs {' '.join(args)} exited {res.returncode}:\n"
-                           f"{res.stdout}{res.stderr}")
-    return res
+
+def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m fpfs.cli ARGS`; raises if it fails."""
+    return mounting.cli(*args, timeout=timeout, check=True)
 
 
 def status(mountpoint: str) -> dict:
@@ -32,27 +27,12 @@ def status(mountpoint: str) -> dict:
     return json.loads(cli("status", mountpoint, "--json", timeout=60).stdout)
 
 
-def _in_mountinfo(path: str) -> bool:
-    real = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4].replace("\\040", " ") == real for line in f)
-
-
 @contextlib.contextmanager
 def mounted(backing: str, mountpoint: str, *extra: str) -> Iterator[str]:
-    """`fpfs mount BACKING MOUNTPOINT` (background; returns when ready) for the block, then
-    `fpfs umount` always; a lazy fusermount3 -uz only if that left the mount behind."""
-    os.makedirs(mountpoint, exist_ok=True)
-    log = mountpoint.rstrip("/") + ".log"
-    cli("mount", backing, mountpoint, "--log-file", log, *extra, timeout=120)
-    try:
-        yield mountpoint
-    finally:
-        res = cli("umount", mountpoint, timeout=60, check=False)
-        if _in_mountinfo(mountpoint):
-            print(f"fpfs umount left {mountpoint} mounted ({res.stderr.strip()}); "
-                  "fusermount3 -uz", file=sys.stderr)
-            subprocess.run(["fusermount3", "-uz", mountpoint], capture_output=True, timeout=60)
+    """A real background mount for the block, always unmounted after (tests/mounting.py)."""
+    with mounting.mounted(backing, mountpoint, *extra,
+                          log_file=mountpoint.rstrip("/") + ".log") as m:
+        yield m.mountpoint
 
 
 def best_time(fn: Callable[[], object], repeat: int) -> float:

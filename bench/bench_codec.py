@@ -24,6 +24,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import zstandard  # noqa: E402
 
+from bench._common import best_time  # noqa: E402
+
 from fpfs.codecs import decode_chunk, encode_chunk  # noqa: E402
 from fpfs.compress import plan_chunks  # noqa: E402
 from fpfs.container import DEFAULT_CHUNK_SIZE, checksum  # noqa: E402
@@ -33,15 +35,6 @@ from tests.weights import REAL_DTYPES, real_weights_file  # noqa: E402
 ZIPNN_DTYPE = {"F32": "float32", "BF16": "bfloat16", "F16": "float16",
                "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e4m3fn", "MXFP4": "float8_e4m3fn"}
 THREADS = os.cpu_count() or 2
-
-
-def best_time(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def bench_fpfs(path: str, data: bytes, repeat: int) -> dict:

@@ -128,8 +128,9 @@ class FpfsOperations(fuse.Operations):
             attrs["st_size"] = pf.size
             with self._lock:
                 self._attrs[path] = pf.identity
-            attrs["st_mode"] &= ~0o222          # read-only view
-            attrs["st_blocks"] = st.st_blocks
+            if self.staging is None:
+                attrs["st_mode"] &= ~0o222      # read-only view
+            attrs["st_blocks"] = st.st_blocks  # du through the mount shows the saving
         return attrs
 
     def readdir(self, path, fh):
