@@ -56,14 +56,15 @@ def _as_bytes(tensor: Any) -> Tuple[str, int, Tuple[int, ...], np.ndarray]:
         if tensor.dtype not in names:
             raise UnsupportedDtype(f"unsupported K/V dtype {tensor.dtype}; use one of {SUPPORTED}")
         t = tensor.detach().to("cpu").contiguous()
-        raw = t.view(torch.uint8).numpy().reshape(-1) if t.numel() else np.empty(0, np.uint8)
+        raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.empty(0, np.uint8)
         return names[tensor.dtype], _TORCH, tuple(t.shape), raw
     arr = np.asarray(tensor)
     names = {v: k for k, v in _numpy_dtypes().items()}
     if arr.dtype not in names:
         raise UnsupportedDtype(f"unsupported K/V dtype {arr.dtype}; use one of {SUPPORTED}")
+    shape = arr.shape           # ascontiguousarray turns a 0-d array into shape (1,)
     arr = np.ascontiguousarray(arr)
-    return names[arr.dtype], _NUMPY, arr.shape, arr.reshape(-1).view(np.uint8)
+    return names[arr.dtype], _NUMPY, shape, arr.reshape(-1).view(np.uint8)
 
 
 def compress(tensor: Any, chunk_size: int = DEFAULT_CHUNK_SIZE) -> bytes:
