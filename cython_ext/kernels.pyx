@@ -32,7 +32,7 @@ cdef _raise(int rc):
 def _check_width(int width, int rot):
     if width not in (1, 2, 4, 8):
         raise ValueError("width must be 1, 2, 4 or 8, not %d" % width)
-    if not 0 <= rot < 8 * width:
+    if not 0 <= rot < 8 * width or (width == 1 and rot):
         raise ValueError("rotation %d out of range for width %d" % (rot, width))
 
 

@@ -154,7 +154,7 @@ cdef int decode_planes(const uint8_t* src, Py_ssize_t srclen, uint8_t* out,
     rot = src[1]
     if width != 1 and width != 2 and width != 4 and width != 8:
         return ERR_LAYOUT
-    if rot >= 8 * width or nbytes % width:
+    if rot >= 8 * width or (width == 1 and rot != 0) or nbytes % width:
         return ERR_LAYOUT
     n = nbytes // width
     pos = PLANES_HEADER + PLANE_ENTRY * width

@@ -126,7 +126,8 @@ def decode_planes(payload: bytes, length: int) -> bytes:
     """Decode a PLANES payload (FORMAT.md, codec 1) of a chunk of `length` original bytes."""
     _check(len(payload) >= 2, "payload truncated")
     width, rot = payload[0], payload[1]
-    _check(width in (1, 2, 4, 8) and rot < 8 * width and length % width == 0, "bad layout")
+    _check(width in (1, 2, 4, 8) and rot < 8 * width and (width > 1 or rot == 0)
+           and length % width == 0, "bad layout")
     n = length // width
     pos = 2 + 5 * width
     _check(len(payload) >= pos, "payload truncated")

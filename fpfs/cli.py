@@ -19,6 +19,7 @@ from .packed_file import DEFAULT_PREFETCH
 from .progress import ProgressBar, human_bytes
 from .safetensors_header import is_safetensors
 from .stats import container_stats, merge_stats
+from .tempfiles import remove_stale
 from .tree import copy_file_atomic, copy_link, copy_metadata, regular_files, walk
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -93,6 +94,7 @@ def _compress_tree(src: str, dst: str, args) -> int:
     entries = list(walk(src))
     total = sum(os.path.getsize(p) for k, p, _ in entries if k == "file")
     os.makedirs(dst, exist_ok=True)
+    remove_stale(dst)                    # what an earlier, killed run left behind
     bar = ProgressBar(total, "compress")
     orig = stored = 0
     try:
@@ -122,6 +124,8 @@ def _compress_tree(src: str, dst: str, args) -> int:
 
 
 def _compress_in_place(src: str, args) -> int:
+    if os.path.isdir(src):
+        remove_stale(src)                # what an earlier, killed run left behind
     files = [p for p in regular_files(src) if not p.endswith(SUFFIX) and is_safetensors(p)]
     if not files:
         raise UserError(f"{src}: no safetensors files to compress")

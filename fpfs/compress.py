@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple
 
+from . import tempfiles
 from .codecs import DEFAULT_MIN_SAVING_PPM, dtype_code, encode_chunk
 from .container import (DEFAULT_CHUNK_SIZE, ChunkRecord, Container, ContainerWriter, checksum,
                         validate_chunk_size)
@@ -72,7 +72,7 @@ class _AtomicOutput:
     def __init__(self, dst: str):
         self.dst = dst
         directory = os.path.dirname(os.path.abspath(dst))
-        fd, self.tmp = tempfile.mkstemp(prefix=".fpfs-tmp-", dir=directory)
+        fd, self.tmp = tempfiles.create(directory)
         self.file = os.fdopen(fd, "wb", buffering=1 << 20)
 
     def commit(self) -> None:
@@ -158,22 +158,28 @@ def verify_file(path: str, progress: Progress = None) -> Container:
         return c
 
 
+def write_original(container: Container, out: BinaryIO, progress: Progress = None) -> None:
+    """Write the original bytes of an open container to out; the whole-file SHA-256 is
+    checked at the end (raises CorruptContainer: the caller must discard what it wrote)."""
+    sha = hashlib.sha256()
+    done = 0
+    for piece in container.iter_original():
+        sha.update(piece)
+        out.write(piece)
+        done += len(piece)
+        if progress:
+            progress(done)
+    if sha.digest() != container.sha256:
+        raise CorruptContainer(f"{container.path}: whole-file SHA-256 mismatch")
+
+
 def decompress_file(src: str, dst: str, progress: Progress = None) -> int:
     """Write the original bytes of container src to dst (atomically); returns its size.
     The whole-file hash is checked before dst appears."""
     with Container(src) as c:
         out = _AtomicOutput(dst)
         try:
-            sha = hashlib.sha256()
-            done = 0
-            for piece in c.iter_original():
-                sha.update(piece)
-                out.file.write(piece)
-                done += len(piece)
-                if progress:
-                    progress(done)
-            if sha.digest() != c.sha256:
-                raise CorruptContainer(f"{src}: whole-file SHA-256 mismatch")
+            write_original(c, out.file, progress)
             out.commit()
         except BaseException:
             out.abort()

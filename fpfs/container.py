@@ -67,6 +67,7 @@ class ContainerWriter:
                            len(prefix), 0, 0)
         crc = zlib.crc32(prefix, zlib.crc32(head[:32]))
         head = HEADER.pack(MAGIC, VERSION, 0, chunk_size, original_size, len(prefix), crc, 0)
+        self._header_crc = crc
         out.write(head)
         out.write(prefix)
         self._pos = len(head) + len(prefix)
@@ -90,7 +91,9 @@ class ContainerWriter:
         self._out.write(table)
         body = TRAILER.pack(self._pos, len(self._entries), self._original_size, sha256,
                             zlib.crc32(table), 0, END_MAGIC)
-        trailer_crc = zlib.crc32(body[:56])
+        # Seeded with the header CRC: a trailer (and the table it vouches for) only
+        # validates together with the header and prefix it was written with.
+        trailer_crc = zlib.crc32(body[:56], self._header_crc)
         self._out.write(TRAILER.pack(self._pos, len(self._entries), self._original_size, sha256,
                                      zlib.crc32(table), trailer_crc, END_MAGIC))
         return self._pos + len(table) + TRAILER.size
@@ -143,8 +146,10 @@ class Container:
             self._fail("header checksum mismatch")
         tail = self._pread_exact(TRAILER.size, file_size - TRAILER.size)
         table_off, count, orig2, sha, table_crc, trailer_crc, end = TRAILER.unpack(tail)
-        if end != END_MAGIC or zlib.crc32(tail[:56]) != trailer_crc:
-            self._fail("trailer damaged or missing (incomplete write?)")
+        if end != END_MAGIC:
+            self._fail("trailer missing (incomplete write?)")
+        if zlib.crc32(tail[:56], crc) != trailer_crc:
+            self._fail("trailer damaged, or header and trailer from different files")
         data_start = HEADER.size + prefix_len
         if orig2 != orig_size or table_off < data_start or \
                 table_off + count * CHUNK_ENTRY.itemsize != file_size - TRAILER.size:

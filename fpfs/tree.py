@@ -7,19 +7,14 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Tuple
 
-
-@dataclass(frozen=True)
-class Entry:
-    src: str          # path of the source file
-    rel: str          # path relative to the source root ('' for a single-file source)
+from . import tempfiles
 
 
 def walk(root: str) -> Iterator[Tuple[str, str, str]]:
     """(kind, src path, relative path) for everything under root; kind is dir|link|file|other.
-    Symlinks are reported, never followed."""
+    Symlinks are reported, never followed; fpfs's own temporary files are skipped."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         rel_dir = os.path.relpath(dirpath, root)
         rel_dir = "" if rel_dir == "." else rel_dir
@@ -28,6 +23,8 @@ def walk(root: str) -> Iterator[Tuple[str, str, str]]:
             kind = "link" if os.path.islink(path) else "dir"
             yield kind, path, os.path.join(rel_dir, name)
         for name in sorted(filenames):
+            if name.startswith(tempfiles.TMP_PREFIX):
+                continue
             path = os.path.join(dirpath, name)
             mode = os.lstat(path).st_mode
             kind = "link" if stat.S_ISLNK(mode) else "file" if stat.S_ISREG(mode) else "other"
@@ -42,18 +39,21 @@ def copy_link(src: str, dst: str) -> None:
 
 
 def copy_file_atomic(src: str, dst: str) -> None:
-    """Copy bytes, mode and times through a temporary file and a rename."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(dst)),
-                       f".fpfs-tmp-{os.getpid()}-{os.path.basename(dst)}")
+    """Copy bytes, mode and times through a (locked) temporary file and a rename."""
+    fd, tmp = tempfiles.create(os.path.dirname(os.path.abspath(dst)))
     try:
-        shutil.copy2(src, tmp, follow_symlinks=False)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        with open(src, "rb") as fin, os.fdopen(os.dup(fd), "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        shutil.copystat(src, tmp)
         os.replace(tmp, dst)
     except BaseException:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        os.close(fd)
 
 
 def copy_metadata(src: str, dst: str) -> None:

@@ -200,7 +200,8 @@ def fix_crcs(buf: bytearray) -> None:
     table_off, count = struct.unpack_from("<QQ", buf, t0)
     if table_off + count * ENT <= t0:
         struct.pack_into("<I", buf, t0 + 56, zlib.crc32(bytes(buf[table_off:table_off + count * ENT])))
-    struct.pack_into("<I", buf, t0 + 60, zlib.crc32(bytes(buf[t0:t0 + 56])))
+    header_crc = struct.unpack_from("<I", buf, 32)[0]
+    struct.pack_into("<I", buf, t0 + 60, zlib.crc32(bytes(buf[t0:t0 + 56]), header_crc))
 
 
 # (offset from region start, width) of every integer field a forger may set

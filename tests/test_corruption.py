@@ -84,7 +84,7 @@ def forge(buf: bytes, header=None, trailer=None, table_fn=None, payload_fn=None)
         t[4] = zlib.crc32(bytes(out[t[0]:t[0] + t[1] * ENT])) if t[1] * ENT < 1 << 30 else 0
     body = TRAILER.pack(*t[:5], 0, t[6])
     if "trailer_crc" not in (trailer or {}):
-        t[5] = zlib.crc32(body[:56])
+        t[5] = zlib.crc32(body[:56], h[6])     # seeded with the header CRC
     out[tail_start:] = TRAILER.pack(*t)
     return bytes(out)
 

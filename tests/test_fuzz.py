@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import fpfs.kv as kv
 from fpfs import _reference
-from fpfs.codecs import decode_chunk
+from fpfs.codecs import DecodeError, decode_chunk
 from fpfs.container import HEADER, TRAILER
 from fpfs.errors import CorruptContainer, FpfsError
 from fuzz.fuzz_container import (ENT, OP_KINDS, apply_ops,
@@ -196,14 +196,14 @@ def test_synthetic_plane_payloads_match_reference(width, rot, modes, lengths, bo
     check_payload(head + body[:sum(lengths[:w])], length)
 
 
-@pytest.mark.xfail(strict=True, reason="Cython kernel ignores the rotation byte for width 1; "
-                   "FORMAT.md allows r < 8*w (found by fuzzing). Safe: the writer stores r=0 "
-                   "and the chunk checksum catches a mismatch.")
-def test_width1_rotation_matches_reference():
+def test_width1_rotation_is_rejected_by_both_decoders():
+    """Found by fuzzing: the kernel ignored r for w = 1 while the reference rotated. FORMAT.md
+    now says r = 0 when w = 1, and both decoders reject anything else."""
     payload = bytes([1, 3, 0]) + struct.pack("<I", 4) + b"\x01\x02\x80\xff"
-    out = bytearray(4)
-    decode_chunk(1, payload, memoryview(out))
-    assert bytes(out) == _reference.decode_chunk(1, payload, 4)
+    with pytest.raises(DecodeError):
+        decode_chunk(1, payload, memoryview(bytearray(4)))
+    with pytest.raises(_reference.ReferenceError):
+        _reference.decode_chunk(1, payload, 4)
 
 
 # -- fpfs.kv -------------------------------------------------------------------------------
@@ -259,12 +259,9 @@ def test_kv_header_flips_are_all_detected():
             raise AssertionError(f"flip of bit {bit} of byte {pos} gave {t.dtype} {t.shape}")
 
 
-@pytest.mark.xfail(strict=True, reason="format v1 binds the prefix (header CRC) and the chunk "
-                   "table (trailer CRC) to nothing common: A[:40+P] + B[40+P:] of two files "
-                   "with equal header fields opens and reads as a mix; only the whole-file "
-                   "SHA-256 (fpfs verify) catches it. Fix needs a format change (e.g. the "
-                   "header CRC repeated in the trailer).")
 def test_prefix_splice_is_rejected_at_open(corpus):
+    """Found by the campaign: A[:40+P] + B[40+P:] of two files with equal header fields used
+    to open and read as a mix. The trailer CRC is now seeded with the header CRC."""
     by_name = {s.name: s for s in corpus["seeds"]}
     a, b = by_name["bf16"].packed, by_name["bf16_meta"].packed
     plen = HEADER.size + struct.unpack_from("<Q", a, 24)[0]
@@ -274,16 +271,14 @@ def test_prefix_splice_is_rejected_at_open(corpus):
 
 
 def test_prefix_splice_fails_verify(corpus, tmp_path):
-    """What does hold today: such a splice never passes `fpfs verify` / decompress."""
+    """`fpfs verify` on such a splice fails (at open, before any decoding)."""
     from fpfs.compress import verify_file
     by_name = {s.name: s for s in corpus["seeds"]}
     a, b = by_name["bf16"].packed, by_name["bf16_meta"].packed
     plen = HEADER.size + struct.unpack_from("<Q", a, 24)[0]
     path = tmp_path / "splice.fpz"
     path.write_bytes(a[:plen] + b[plen:])
-    outcome = check_container(path.read_bytes(), corpus["originals"], corpus["path"])
-    assert outcome.notes == ["chimera"] and outcome.chunks_bad == 0
-    with pytest.raises(CorruptContainer, match="SHA-256"):
+    with pytest.raises(CorruptContainer, match="different files"):
         verify_file(str(path))
 
 

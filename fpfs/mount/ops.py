@@ -22,7 +22,8 @@ from ..container import is_container
 from ..errors import FpfsError
 from ..packed_file import DEFAULT_PREFETCH, PackedFile
 from .fuse_lib import load
-from .staging import TMP_PREFIX, StagedFile, StagingArea
+from ..tempfiles import TMP_PREFIX
+from .staging import StagedFile, StagingArea
 
 log = logging.getLogger("fpfs.mount")
 fuse = load()

@@ -9,18 +9,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from typing import Dict, Optional
 
-from .. import SUFFIX
-from ..compress import compress_file, decompress_file
+from .. import SUFFIX, tempfiles
+from ..compress import compress_file, write_original
+from ..container import Container
 from ..safetensors_header import is_safetensors
 from ..tree import copy_metadata
 
 log = logging.getLogger("fpfs.mount")
-TMP_PREFIX = ".fpfs-tmp-"                 # every temporary file fpfs makes starts so
-STAGE_PREFIX = TMP_PREFIX + "stage-"
 
 
 class StagedFile:
@@ -42,18 +40,7 @@ class StagingArea:
 
     def clean_leftovers(self) -> int:
         """Remove temporary files a killed daemon or compressor left; returns the count."""
-        removed = 0
-        for dirpath, _, files in os.walk(self.root):
-            for name in files:
-                if name.startswith(TMP_PREFIX):
-                    try:
-                        os.unlink(os.path.join(dirpath, name))
-                        removed += 1
-                    except OSError as exc:
-                        log.warning("cannot remove leftover %s: %s", name, exc)
-        if removed:
-            log.info("removed %d leftover temporary file(s) from an earlier run", removed)
-        return removed
+        return tempfiles.remove_stale(self.root)
 
     def get(self, target: str) -> Optional[StagedFile]:
         with self._lock:
@@ -78,15 +65,16 @@ class StagingArea:
 
     def _stage(self, target, existing, packed, truncate, mode) -> StagedFile:
         directory, name = os.path.split(target)
-        fd, path = tempfile.mkstemp(prefix=f"{STAGE_PREFIX}{name[:40]}-", dir=directory)
+        fd, path = tempfiles.create(directory, f"stage-{name[:40]}-")
         try:
             if existing is not None and not truncate:
-                if packed:
-                    decompress_file(existing, path)
-                else:
-                    shutil.copyfile(existing, path)
-                os.close(fd)
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                with os.fdopen(os.dup(fd), "wb") as out:
+                    if packed:
+                        with Container(existing) as c:
+                            write_original(c, out)
+                    else:
+                        with open(existing, "rb") as src:
+                            shutil.copyfileobj(src, out, 1 << 20)
             os.chmod(path, os.stat(existing).st_mode & 0o7777 if existing else mode & 0o7777)
         except BaseException:
             os.close(fd)
