@@ -16,6 +16,7 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     waits: int = 0              # readers that joined a decode already in flight
+    direct: int = 0             # whole chunks decoded straight into a reader's buffer
     evictions: int = 0
     decoded_bytes: int = 0
     decode_seconds: float = 0.0
@@ -90,6 +91,22 @@ class ChunkCache:
             self._insert(key, value)
         flight.event.set()
         return value
+
+    def lookup(self, key: Hashable):
+        """The cached value for key (a hit), or None without loading anything."""
+        with self._lock:
+            value = self._lru.get(key)
+            if value is not None:
+                self._lru.move_to_end(key)
+                self.stats.hits += 1
+            return value
+
+    def record_direct(self, nbytes: int, seconds: float) -> None:
+        """Account a decode done outside the cache (straight into a reader's buffer)."""
+        with self._lock:
+            self.stats.direct += 1
+            self.stats.decoded_bytes += nbytes
+            self.stats.decode_seconds += seconds
 
     def contains(self, key: Hashable) -> bool:
         with self._lock:

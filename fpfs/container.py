@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, Optional, Tuple
@@ -32,6 +33,9 @@ assert HEADER.size == 40 and TRAILER.size == 72 and CHUNK_ENTRY.itemsize == 40
 DEFAULT_CHUNK_SIZE = 256 * 1024
 MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
+
+
+_payload_buffers = threading.local()
 
 
 def checksum(data) -> int:
@@ -208,26 +212,40 @@ class Container:
         return int(e["orig_offset"]), int(e["orig_length"])
 
     def read_payload(self, index: int) -> bytes:
+        """The stored payload of chunk `index`, as read from disk."""
+        return bytes(self._read_payload_view(index))
+
+    def _read_payload_view(self, index: int) -> memoryview:
+        """The payload read into this thread's reusable buffer (valid until this thread's
+        next call): a fresh bytes object per chunk would cost page faults on every read."""
         e = self.table[index]
         size, off = int(e["comp_length"]), int(e["comp_offset"])
-        data = os.pread(self._fd, size, off)
-        if len(data) != size:
+        buf = getattr(_payload_buffers, "buf", None)
+        if buf is None or len(buf) < size:
+            buf = _payload_buffers.buf = bytearray(max(size, self.chunk_size + 1024))
+        view = memoryview(buf)[:size]
+        if os.preadv(self._fd, [view], off) != size:
             raise CorruptChunk(self.path, index, "file truncated")
-        return data
+        return view
 
     def decode(self, index: int) -> np.ndarray:
         """The original bytes of chunk `index` (uint8 array), checksum-verified. Callers
         share the result through the cache and must not modify it."""
+        out = np.empty(int(self.table[index]["orig_length"]), dtype=np.uint8)
+        self.decode_into(index, memoryview(out))       # every byte is overwritten
+        return out
+
+    def decode_into(self, index: int, out: memoryview) -> None:
+        """Decode chunk `index` into out (exactly its original length) and verify its
+        checksum; on CorruptChunk the content of out is undefined."""
         e = self.table[index]
-        payload = self.read_payload(index)
-        out = np.empty(int(e["orig_length"]), dtype=np.uint8)   # every byte is overwritten
+        payload = self._read_payload_view(index)
         try:
-            decode_chunk(int(e["codec"]), payload, memoryview(out))
+            decode_chunk(int(e["codec"]), payload, out)
         except DecodeError as exc:
             raise CorruptChunk(self.path, index, str(exc)) from None
         if checksum(out) != int(e["checksum"]):
             raise CorruptChunk(self.path, index, "checksum mismatch")
-        return out
 
     def iter_original(self) -> Iterator[bytes]:
         """All original bytes, in order (prefix first), every chunk verified."""

@@ -365,10 +365,7 @@ def check_container(data: bytes, originals: Sequence[bytes], path: str, forged: 
 def _check_preads(c: Container, chunks: List[Optional[bytes]], out: Outcome, reads: int,
                   rnd: random.Random) -> None:
     size = c.original_size
-    pf = PackedFile.__new__(PackedFile)          # share the open container, no new fd
-    pf.container, pf.path, pf.size = c, c.path, size
-    pf.cache, pf._pool, pf._prefetch = ChunkCache(8 * c.chunk_size), None, 0
-    pf._prefix, pf._next_sequential, pf._lock = c.prefix, -1, threading.Lock()
+    pf = PackedFile(c, ChunkCache(8 * c.chunk_size))   # shares the open container
     for _ in range(reads):
         off = rnd.randrange(0, size + 2)
         n = rnd.choice((1, 7, 4096, 10000, 3 * c.chunk_size, size + 10))

@@ -51,7 +51,9 @@ def tune_malloc() -> None:
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 << 20)       # M_MMAP_THRESHOLD: 32 MiB (glibc's maximum)
-        libc.mallopt(-1, 512 << 20)      # M_TRIM_THRESHOLD: keep freed memory for reuse
+        libc.mallopt(-1, 64 << 20)       # M_TRIM_THRESHOLD: keep some freed memory for reuse
+        libc.mallopt(-8, 2)              # M_ARENA_MAX: FUSE's many threads share 2 arenas,
+                                         # so freed chunks are reused, not stranded per thread
     except (OSError, AttributeError):
         pass
 

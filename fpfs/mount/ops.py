@@ -213,23 +213,19 @@ class FpfsOperations(fuse.Operations):
         return buf.raw[:n]
 
     def read_into(self, path, address: int, size: int, offset: int, fi) -> int:
-        """Copy up to size bytes at offset straight into libfuse's buffer at address: one
-        copy from the decoded chunks, no per-request allocation (ctypes.memmove releases
-        the GIL). Returns the byte count; a chunk that fails its checks is EIO."""
+        """Fill libfuse's buffer at address with up to size bytes at offset: whole chunks are
+        decoded straight into it, no per-request allocation. Returns the byte count; a chunk
+        that fails its checks is EIO (the partly filled buffer is never returned)."""
         handle = self._handles.get(fi.fh)
         if handle is None:
             raise FuseOSError(errno.EBADF)
         if handle.packed is not None:
             try:
-                segments = handle.packed.pread_segments(offset, size)
+                n = handle.packed.read_into(offset, (ctypes.c_char * size).from_address(address))
             except (FpfsError, OSError) as exc:
                 self.read_errors += 1
                 log.error("read %s offset %d size %d: %s", path, offset, size, exc)
                 raise FuseOSError(errno.EIO) from None
-            n = 0
-            for arr, start, stop in segments:
-                ctypes.memmove(address + n, arr.ctypes.data + start, stop - start)
-                n += stop - start
         elif handle.fd >= 0:
             n = os.preadv(handle.fd, [(ctypes.c_char * size).from_address(address)], offset)
         else:
