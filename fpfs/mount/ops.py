@@ -169,6 +169,14 @@ class FpfsOperations(fuse.Operations):
         return 0
 
     # -- reading -----------------------------------------------------------------------
+    def _add_handle(self, handle: _Handle, fi, keep_cache: bool = False) -> int:
+        with self._lock:
+            fh = next(self._next_fh)
+            self._handles[fh] = handle
+        fi.fh = fh
+        fi.keep_cache = int(keep_cache)
+        return 0
+
     def open(self, path, fi):
         if fi.flags & WRITE_FLAGS:
             return self._open_for_write(path, fi)
@@ -198,13 +206,10 @@ class FpfsOperations(fuse.Operations):
             # one it was filled from; a replaced file (new inode, size or mtime) drops it
             # here, at open, so a reader never gets cached old pages mixed with new ones.
             # (libfuse's auto_cache cannot do this: it rechecks only after attr_timeout.)
-            fi.keep_cache = int(ident is not None and self._opened.get(path) == ident)
+            keep = ident is not None and self._opened.get(path) == ident
             if ident is not None:
                 self._opened[path] = ident
-            fh = next(self._next_fh)
-            self._handles[fh] = handle
-        fi.fh = fh
-        return 0
+        return self._add_handle(handle, fi, keep)
 
     def read(self, path, size, offset, fi):
         """The fusepy-style read (returns bytes); the daemon uses read_into instead."""
@@ -252,14 +257,6 @@ class FpfsOperations(fuse.Operations):
         if self.staging is None:
             raise FuseOSError(errno.EROFS)
         return self.staging
-
-    def _add_handle(self, handle: _Handle, fi) -> int:
-        with self._lock:
-            fh = next(self._next_fh)
-            self._handles[fh] = handle
-        fi.fh = fh
-        fi.keep_cache = 0
-        return 0
 
     def _open_for_write(self, path, fi):
         staging = self._writable()
