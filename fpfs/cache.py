@@ -55,10 +55,8 @@ class ChunkCache:
         """The cached value for key, or load() it once however many threads ask at once.
         An exception from load() reaches every waiter and nothing is cached."""
         with self._lock:
-            value = self._lru.get(key)
+            value = self._hit(key)
             if value is not None:
-                self._lru.move_to_end(key)
-                self.stats.hits += 1
                 return value
             flight = self._inflight.get(key)
             owner = flight is None
@@ -95,11 +93,15 @@ class ChunkCache:
     def lookup(self, key: Hashable):
         """The cached value for key (a hit), or None without loading anything."""
         with self._lock:
-            value = self._lru.get(key)
-            if value is not None:
-                self._lru.move_to_end(key)
-                self.stats.hits += 1
-            return value
+            return self._hit(key)
+
+    def _hit(self, key: Hashable):
+        """Under the lock: the cached value, marked most recently used, or None."""
+        value = self._lru.get(key)
+        if value is not None:
+            self._lru.move_to_end(key)
+            self.stats.hits += 1
+        return value
 
     def record_direct(self, nbytes: int, seconds: float) -> None:
         """Account a decode done outside the cache (straight into a reader's buffer)."""

@@ -142,35 +142,36 @@ def _write_container(fd, layout, file, chunk_size, threads, progress,
     return writer.finish(sha.digest())
 
 
-def verify_file(path: str, progress: Progress = None) -> Container:
-    """Decode every chunk, check every checksum and the whole-file SHA-256.
-    Raises CorruptContainer (or a subclass) on any mismatch."""
-    with Container(path) as c:
-        sha = hashlib.sha256()
-        done = 0
-        for piece in c.iter_original():
-            sha.update(piece)
-            done += len(piece)
-            if progress:
-                progress(done)
-        if sha.digest() != c.sha256:
-            raise CorruptContainer(f"{path}: whole-file SHA-256 mismatch")
-        return c
-
-
-def write_original(container: Container, out: BinaryIO, progress: Progress = None) -> None:
-    """Write the original bytes of an open container to out; the whole-file SHA-256 is
-    checked at the end (raises CorruptContainer: the caller must discard what it wrote)."""
+def verified_original(container: Container, progress: Progress = None) -> Iterator[bytes]:
+    """The original bytes of an open container in order, every chunk checksum-verified;
+    raises CorruptContainer after the last piece if the whole-file SHA-256 differs (so a
+    consumer must not publish what it got before the iteration completes)."""
     sha = hashlib.sha256()
     done = 0
     for piece in container.iter_original():
         sha.update(piece)
-        out.write(piece)
+        yield piece
         done += len(piece)
         if progress:
             progress(done)
     if sha.digest() != container.sha256:
         raise CorruptContainer(f"{container.path}: whole-file SHA-256 mismatch")
+
+
+def verify_file(path: str, progress: Progress = None) -> Container:
+    """Decode every chunk, check every checksum and the whole-file SHA-256.
+    Raises CorruptContainer (or a subclass) on any mismatch."""
+    with Container(path) as c:
+        for _ in verified_original(c, progress):
+            pass
+        return c
+
+
+def write_original(container: Container, out: BinaryIO, progress: Progress = None) -> None:
+    """Write the original bytes of an open container to out (raises CorruptContainer at
+    the end on a hash mismatch: the caller must then discard what it wrote)."""
+    for piece in verified_original(container, progress):
+        out.write(piece)
 
 
 def decompress_file(src: str, dst: str, progress: Progress = None) -> int:
