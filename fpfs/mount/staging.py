@@ -100,7 +100,7 @@ class StagingArea:
         ENOSPC: then the previous version is untouched and the staged data kept)."""
         os.fsync(staged.fd)
         if is_safetensors(staged.path):
-            compress_file(staged.path, staged.target + SUFFIX, threads=2)
+            compress_file(staged.path, staged.target + SUFFIX)
             copy_metadata(staged.path, staged.target + SUFFIX)
             _remove_file(staged.target)                  # a plain older version
         else:
