@@ -595,3 +595,23 @@ def test_replaced_backing_file(tree, originals, tmp_path):
             held.close()
             old = want
         assert m.status()["read_errors"] == 0
+
+
+def test_missing_fuse_pieces_say_what_to_install(tmp_path, monkeypatch):
+    """Without /dev/fuse or fusermount3 the mount refuses with a message that names the fix
+    (checked in-process: this machine has both)."""
+    from fpfs.mount import launcher
+    from fpfs.mount.fuse_lib import FuseUnavailable
+    backing, mnt = tmp_path / "b", tmp_path / "m"
+    backing.mkdir()
+    mnt.mkdir()
+    real_exists = os.path.exists
+    monkeypatch.setattr(launcher.os.path, "exists",
+                        lambda p: False if p == "/dev/fuse" else real_exists(p))
+    with pytest.raises(FuseUnavailable, match="modprobe fuse"):
+        launcher.check_environment(str(backing), str(mnt))
+    monkeypatch.setattr(launcher.os.path, "exists", real_exists)
+    monkeypatch.setattr(launcher.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(launcher.shutil, "which", lambda name: None)
+    with pytest.raises(FuseUnavailable, match="apt-get install fuse3"):
+        launcher.check_environment(str(backing), str(mnt))
