@@ -15,7 +15,6 @@ _ERRORS = {
     ERR_TRAILING: "rANS stream has trailing bytes",
     ERR_STATE: "rANS final state mismatch",
     ERR_LAYOUT: "inconsistent plane layout",
-    ERR_NOMEM: "out of memory",
 }
 
 
@@ -24,8 +23,6 @@ class KernelError(ValueError):
 
 
 cdef _raise(int rc):
-    if rc == ERR_NOMEM:
-        raise MemoryError(_ERRORS[rc])
     raise KernelError(_ERRORS.get(rc, "kernel error %d" % rc))
 
 
@@ -54,8 +51,6 @@ def encode_planes_into(const uint8_t[::1] src, int width, int rot,
     with nogil:
         r = encode_planes(&src[0], n, width, rot, &scratch[0], &dst[0], dst.shape[0],
                           min_saving_ppm)
-    if r < 0:
-        _raise(<int>r)
     return r
 
 
@@ -89,8 +84,6 @@ def rans_encode_bytes(const uint8_t[::1] src) -> bytes:
     cdef uint8_t[::1] dst = buf
     with nogil:
         r = rans_encode(&src[0], n, &dst[0], n)
-    if r < 0:
-        _raise(<int>r)
     return bytes(buf[:r])
 
 

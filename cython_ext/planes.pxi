@@ -92,8 +92,8 @@ cdef Py_ssize_t encode_planes(const uint8_t* src, Py_ssize_t nbytes, int width, 
                               Py_ssize_t min_saving_ppm) noexcept nogil:
     """Write a PLANES payload for nbytes (a multiple of width) into dst.
 
-    scratch must hold nbytes. Returns the payload size, 0 when it would not be smaller
-    than cap, or ERR_NOMEM."""
+    scratch must hold nbytes. Returns the payload size, or 0 when it would not be smaller
+    than cap."""
     cdef Py_ssize_t n = nbytes // width
     cdef Py_ssize_t pos = PLANES_HEADER + PLANE_ENTRY * width
     cdef Py_ssize_t written, j, k
@@ -125,8 +125,6 @@ cdef Py_ssize_t encode_planes(const uint8_t* src, Py_ssize_t nbytes, int width, 
         # when it saves at least min_saving_ppm of the plane.
         written = rans_encode(plane, n, dst + pos,
                               min(n - n * min_saving_ppm // 1000000, cap - pos))
-        if written < 0:
-            return written
         if written > 0:
             entry[0] = PLANE_RANS
         else:

@@ -12,7 +12,6 @@
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memmove, memset
-from libc.stdlib cimport malloc, free
 from libc.math cimport log2
 
 cdef extern from *:
@@ -70,7 +69,6 @@ cdef enum:
     ERR_TRAILING = -3         # bytes left over after the last symbol
     ERR_STATE = -4            # a lane did not return to its initial state
     ERR_LAYOUT = -5           # plane layout / lengths inconsistent
-    ERR_NOMEM = -6
 
 
 cdef inline uint32_t _rd32(const uint8_t* p) noexcept nogil:
@@ -217,23 +215,16 @@ cdef int _table_layout(const uint32_t* freqs, int* k_out, int* base_out,
     return 3 + (best_bits + 7) // 8
 
 
-cdef Py_ssize_t table_size(const uint32_t* freqs, int* kind, int* width) noexcept nogil:
-    """Bytes the serialised frequency table will take (kind = Exp-Golomb order k, width =
-    base frequency; both are passed back to write_table)."""
-    cdef int present
-    return _table_layout(freqs, kind, width, &present)
-
-
-cdef void write_table(const uint32_t* freqs, int kind, int width, uint8_t* dst) noexcept nogil:
-    """Serialise freqs with Exp-Golomb order kind and base width (from table_size)."""
+cdef void write_table(const uint32_t* freqs, int k, int base, uint8_t* dst) noexcept nogil:
+    """Serialise freqs with Exp-Golomb order k and base frequency (from _table_layout)."""
     cdef int s, present = 0, last = -1, prev = -1
     cdef _BitW w
     for s in range(256):
         if freqs[s]:
             present += 1
             last = s
-    dst[0] = <uint8_t>(kind | (TABLE_SPARSE if present < 256 else 0))
-    dst[1] = <uint8_t>width
+    dst[0] = <uint8_t>(k | (TABLE_SPARSE if present < 256 else 0))
+    dst[1] = <uint8_t>base
     dst[2] = <uint8_t>(present - 1)
     w.p = dst + 3
     w.acc = 0
@@ -243,7 +234,7 @@ cdef void write_table(const uint32_t* freqs, int kind, int width, uint8_t* dst) 
             if present < 256:
                 _bw_eg(&w, <uint32_t>(s - prev - 1), 0)
             if s != last:
-                _bw_eg(&w, freqs[s] - <uint32_t>width, kind)
+                _bw_eg(&w, freqs[s] - <uint32_t>base, k)
             prev = s
     if w.nbits > 0:
         w.p[0] = w.acc & 0xFF
@@ -358,8 +349,8 @@ cdef inline uint64_t _put_group(uint64_t x, const _EncSym* a, const _EncSym* b,
 cdef Py_ssize_t rans_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
                             Py_ssize_t cap) noexcept nogil:
     """Encode n bytes into dst; returns bytes written, or 0 when the result would not be
-    smaller than cap (the caller then stores the plane raw).  Uses no scratch memory (so
-    never returns ERR_NOMEM); dst[0:cap] is scribbled on even when 0 is returned."""
+    smaller than cap (the caller then stores the plane raw).  Uses no scratch memory;
+    dst[0:cap] is scribbled on even when 0 is returned."""
     cdef uint32_t counts[256]
     cdef uint32_t freqs[256]
     cdef _EncSym es[256]

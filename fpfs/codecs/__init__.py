@@ -85,7 +85,7 @@ def encode_chunk(data: memoryview, dtype: str,
     """(codec id, payload) of the smallest encoding of one chunk."""
     payload = CODECS[CODEC_PLANES].encode(data, dtype, min_saving_ppm)
     if payload is None:
-        return CODEC_RAW, bytes(data)
+        return CODEC_RAW, CODECS[CODEC_RAW].encode(data, dtype)
     return CODEC_PLANES, payload
 
 
