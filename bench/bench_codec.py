@@ -31,7 +31,7 @@ from bench._common import best_time  # noqa: E402
 from fpfs.codecs import decode_chunk, encode_chunk  # noqa: E402
 from fpfs.compress import plan_chunks  # noqa: E402
 from fpfs.container import DEFAULT_CHUNK_SIZE, checksum  # noqa: E402
-from fpfs.safetensors_header import read_layout  # noqa: E402
+from fpfs.formats import detect as read_layout  # noqa: E402
 from tests.weights import REAL_DTYPES, real_weights_file  # noqa: E402
 
 ZIPNN_DTYPE = {"F32": "float32", "BF16": "bfloat16", "F16": "float16",
@@ -45,7 +45,7 @@ def bench_fpfs(path: str, data: bytes, repeat: int) -> dict:
     view = memoryview(data)
 
     def enc(chunk):
-        off, length, dtype = chunk
+        off, length, dtype, _ = chunk
         piece = view[off:off + length]
         return encode_chunk(piece, dtype) + (checksum(piece), length)
 
@@ -56,7 +56,7 @@ def bench_fpfs(path: str, data: bytes, repeat: int) -> dict:
     out_view = memoryview(output)
 
     def dec(item_and_chunk):
-        (codec, payload, csum, length), (off, _, _) = item_and_chunk
+        (codec, payload, csum, length), (off, _, _, _) = item_and_chunk
         target = out_view[off:off + length]
         decode_chunk(codec, payload, target)
         assert checksum(target) == csum

@@ -151,9 +151,78 @@ def decode_planes(payload: bytes, length: int) -> bytes:
     return merge_planes(planes, width, rot)
 
 
-def decode_chunk(codec: int, payload: bytes, length: int) -> bytes:
+def decode_zstd(payload: bytes, length: int) -> bytes:
+    """Codec 2. zstd is its own format (RFC 8878); its reference is the zstd library."""
+    import zstandard
+    try:
+        out = zstandard.ZstdDecompressor().decompress(payload, max_output_size=max(length, 1))
+    except zstandard.ZstdError as exc:
+        raise ReferenceError(f"zstd: {exc}") from None
+    _check(len(out) == length, "zstd frame length")
+    return out
+
+
+def decode_blocks(payload: bytes, length: int) -> bytes:
+    """Codec 3: field streams of block structs, interleaved back into blocks."""
+    _check(len(payload) >= 3, "payload truncated")
+    block_bytes = int.from_bytes(payload[0:2], "little")
+    nfields = payload[2]
+    _check(1 <= nfields <= 32 and block_bytes > 0 and length % block_bytes == 0, "layout")
+    pos = 3
+    _check(len(payload) >= pos + 7 * nfields, "payload truncated")
+    lengths = [int.from_bytes(payload[pos + 2 * i:pos + 2 * i + 2], "little")
+               for i in range(nfields)]
+    pos += 2 * nfields
+    _check(0 not in lengths and sum(lengths) == block_bytes, "fields do not tile the block")
+    subs = [(payload[pos + 5 * i], int.from_bytes(payload[pos + 5 * i + 1:pos + 5 * i + 5],
+                                                  "little")) for i in range(nfields)]
+    pos += 5 * nfields
+    _check(pos + sum(size for _, size in subs) == len(payload), "stream lengths")
+    nblocks = length // block_bytes
+    streams = []
+    for flen, (sub, size) in zip(lengths, subs):
+        _check(sub in (0, 1, 2), "field codec")
+        streams.append(decode_chunk(sub, payload[pos:pos + size], nblocks * flen))
+        pos += size
+    out = bytearray()
+    for b in range(nblocks):
+        for flen, stream in zip(lengths, streams):
+            out += stream[b * flen:(b + 1) * flen]
+    return bytes(out)
+
+
+def decode_delta(payload: bytes, length: int, base: bytes) -> bytes:
+    """Codec 4: the residual (any codec but 4) combined with the base's bytes."""
+    _check(len(payload) >= 12, "payload truncated")
+    transform, width, inner, zero = payload[0], payload[1], payload[2], payload[3]
+    base_offset = int.from_bytes(payload[4:12], "little")
+    _check(zero == 0 and inner != 4, "delta header")
+    _check((transform == 0 and width == 1) or
+           (transform == 1 and width in (2, 4, 8) and length % width == 0), "transform")
+    residual = decode_chunk(inner, payload[12:], length)
+    old = base[base_offset:base_offset + length]
+    _check(len(old) == length, "base too short")
+    if transform == 0:
+        return bytes(a ^ b for a, b in zip(residual, old))
+    bits, out = 8 * width, bytearray()
+    for i in range(0, length, width):
+        z = int.from_bytes(residual[i:i + width], "little")
+        d = (z >> 1) ^ -(z & 1)                  # zigzag back to a signed difference
+        v = (int.from_bytes(old[i:i + width], "little") + d) % (1 << bits)
+        out += v.to_bytes(width, "little")
+    return bytes(out)
+
+
+def decode_chunk(codec: int, payload: bytes, length: int, base: bytes = b"") -> bytes:
+    """Decode one chunk payload; base is the whole original base file (codec 4 only)."""
     if codec == 0:
         _check(len(payload) == length, "raw chunk length")
         return bytes(payload)
-    _check(codec == 1, f"unknown codec {codec}")
-    return decode_planes(payload, length)
+    if codec == 1:
+        return decode_planes(payload, length)
+    if codec == 2:
+        return decode_zstd(payload, length)
+    if codec == 3:
+        return decode_blocks(payload, length)
+    _check(codec == 4, f"unknown codec {codec}")
+    return decode_delta(payload, length, base)

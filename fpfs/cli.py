@@ -7,17 +7,21 @@ import argparse
 import errno
 import json
 import os
+import re
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from . import SUFFIX, __version__
 from .codecs import DEFAULT_MIN_SAVING_PPM
-from .compress import compress_file, decompress_file, verify_file
+from .bases import BASES_DIR, MAX_CHAIN, is_store_path
+from .compress import (CompressResult, compress_file, compress_if_smaller, decompress_file,
+                       verify_file, worth_compressing)
 from .container import DEFAULT_CHUNK_SIZE, is_container, validate_chunk_size
+from .deltas import choose_base
 from .errors import CorruptContainer, FpfsError, NotSafetensors
+from .formats import Layout, detect
 from .packed_file import DEFAULT_PREFETCH
 from .progress import ProgressBar, human_bytes
-from .safetensors_header import is_safetensors
 from .stats import container_stats, merge_stats
 from .tempfiles import remove_stale
 from .tree import copy_file_atomic, copy_link, copy_metadata, regular_files, walk
@@ -44,22 +48,84 @@ class UserError(Exception):
 
 
 # -- compress ------------------------------------------------------------------------------
-def _compress_one(src: str, dst: str, args, bar: ProgressBar) -> int:
-    result = compress_file(src, dst, chunk_size=args.chunk_size, threads=args.threads,
-                           progress=bar.file_progress,
-                           min_saving_ppm=0 if args.smallest else DEFAULT_MIN_SAVING_PPM)
-    copy_metadata(src, dst)
-    bar.file_done(result.original_size)
-    if args.verbose:
-        print(f"{src} -> {dst}: {human_bytes(result.original_size)} -> "
-              f"{human_bytes(result.stored_size)} ({100 * result.ratio:.2f} %)")
-    return result.stored_size
+def _natural_key(path: str):
+    """checkpoint-40 before checkpoint-120: a series is compressed in training order, so
+    each checkpoint can be coded against the one before it."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
+class _Compressor:
+    """Compresses files one by one, remembering what it wrote so that later files can be
+    coded as deltas of earlier ones (fine-tunes, checkpoint series)."""
+
+    def __init__(self, args, store_root: str, bar: ProgressBar):
+        self.args = args
+        self.store_root = store_root
+        self.bar = bar
+        self.candidates: List[Tuple[str, Layout]] = []     # containers that may be bases
+        self.depth: Dict[str, int] = {}
+        self.forced_base = os.path.abspath(args.base) if args.base else None
+
+    def store(self, src: str, target: str, layout: Layout) -> Optional[CompressResult]:
+        """Write target.fpz from src if compressing pays (None otherwise: nothing written).
+        Later files may use it as their base."""
+        if not worth_compressing(layout):
+            return None
+        return self.write(src, target + SUFFIX, layout, only_if_smaller=True)
+
+    def write(self, src: str, dst: str, layout: Layout,
+              only_if_smaller: bool = False) -> Optional[CompressResult]:
+        base = self._base_for(layout)
+        compress = compress_if_smaller if only_if_smaller else compress_file
+        result = compress(
+            src, dst, chunk_size=self.args.chunk_size, threads=self.args.threads,
+            progress=self.bar.file_progress,
+            min_saving_ppm=0 if self.args.smallest else DEFAULT_MIN_SAVING_PPM,
+            base=base, store_root=self.store_root, layout=layout)
+        if result is None:
+            return None
+        copy_metadata(src, dst)
+        if layout.tensors():
+            self.candidates.append((dst, layout))
+            self.depth[dst] = self.depth.get(base, 0) + 1 if result.base else 0
+        self._say(src, dst, layout.file_size, result.stored_size, layout.format, result.base)
+        return result
+
+    def one(self, src: str, target: str) -> int:
+        """Store src as target.fpz, or as a copy at target when compressing does not pay;
+        returns the bytes stored."""
+        layout = detect(src)
+        result = self.store(src, target, layout)
+        self.bar.file_done(layout.file_size)
+        if result is not None:
+            return result.stored_size
+        copy_file_atomic(src, target)
+        self._say(src, target, layout.file_size, layout.file_size, layout.format, None)
+        return layout.file_size
+
+    def _base_for(self, layout: Layout) -> Optional[str]:
+        if self.args.no_delta or not layout.tensors():
+            return None
+        if self.forced_base:
+            return self.forced_base
+        usable = [(p, l) for p, l in self.candidates if self.depth.get(p, 0) < MAX_CHAIN]
+        return choose_base(layout, usable)
+
+    def _say(self, src, dst, size, stored, fmt, base) -> None:
+        if self.args.verbose:
+            how = f", delta of {base}" if base else ""
+            print(f"{src} -> {dst}: {fmt}{how}: {human_bytes(size)} -> "
+                  f"{human_bytes(stored)} ({100 * stored / max(size, 1):.2f} %)")
 
 
 def cmd_compress(args) -> int:
     src = args.src
     if not os.path.lexists(src):
         raise UserError(f"{src}: no such file or directory")
+    if args.base and not os.path.isfile(args.base):
+        raise UserError(f"--base {args.base}: no such file")
+    if args.base and args.no_delta:
+        raise UserError("--base and --no-delta contradict each other")
     try:
         validate_chunk_size(args.chunk_size)
     except ValueError as exc:
@@ -72,19 +138,21 @@ def cmd_compress(args) -> int:
         raise UserError("DST is required (or use --in-place)")
     if os.path.isdir(src):
         return _compress_tree(src, args.dst, args)
-    if not is_safetensors(src):
-        raise UserError(f"{src}: not a safetensors file (nothing to compress)")
+    if is_container(src):
+        raise UserError(f"{src}: already an fpfs container")
     dst = args.dst
     if os.path.isdir(dst):
         dst = os.path.join(dst, os.path.basename(src) + SUFFIX)
     bar = ProgressBar(os.path.getsize(src), "compress")
+    compressor = _Compressor(args, os.path.dirname(os.path.abspath(dst)), bar)
     try:
-        stored = _compress_one(src, dst, args, bar)
+        # A file named on the command line is always written as asked, as a container.
+        result = compressor.write(src, dst, detect(src))
     finally:
         bar.close()
-    size = os.path.getsize(src)
-    print(f"{dst}: {human_bytes(size)} -> {human_bytes(stored)} "
-          f"({100 * stored / max(size, 1):.2f} % of original)")
+    print(f"{dst}: {human_bytes(result.original_size)} -> {human_bytes(result.stored_size)} "
+          f"({100 * result.ratio:.2f} % of original)"
+          + (f", a delta of {result.base}" if result.base else ""))
     return EXIT_OK
 
 
@@ -96,6 +164,7 @@ def _compress_tree(src: str, dst: str, args) -> int:
     os.makedirs(dst, exist_ok=True)
     remove_stale(dst)                    # what an earlier, killed run left behind
     bar = ProgressBar(total, "compress")
+    compressor = _Compressor(args, dst, bar)
     orig = stored = 0
     try:
         for kind, path, rel in entries:
@@ -104,18 +173,14 @@ def _compress_tree(src: str, dst: str, args) -> int:
                 os.makedirs(out, exist_ok=True)
             elif kind == "link":
                 copy_link(path, out)
-            elif kind == "file":
-                size = os.path.getsize(path)
-                orig += size
-                if is_safetensors(path):
-                    stored += _compress_one(path, out + SUFFIX, args, bar)
-                else:
-                    copy_file_atomic(path, out)
-                    stored += size
-                    bar.file_done(size)
-            else:
+            elif kind == "other":
                 print(f"fpfs: skipping {path}: not a regular file, directory or symlink",
                       file=sys.stderr)
+        files = sorted(((p, rel) for k, p, rel in entries if k == "file"),
+                       key=lambda item: _natural_key(item[1]))
+        for path, rel in files:
+            orig += os.path.getsize(path)
+            stored += compressor.one(path, os.path.join(dst, rel))
     finally:
         bar.close()
     print(f"{dst}: {human_bytes(orig)} -> {human_bytes(stored)} "
@@ -124,23 +189,35 @@ def _compress_tree(src: str, dst: str, args) -> int:
 
 
 def _compress_in_place(src: str, args) -> int:
+    root = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
     if os.path.isdir(src):
         remove_stale(src)                # what an earlier, killed run left behind
-    files = [p for p in regular_files(src) if not p.endswith(SUFFIX) and is_safetensors(p)]
+    layouts = {p: detect(p) for p in regular_files(src)
+               if not p.endswith(SUFFIX) and not is_container(p)}
+    files = sorted((p for p, layout in layouts.items() if worth_compressing(layout)),
+                   key=_natural_key)
     if not files:
-        raise UserError(f"{src}: no safetensors files to compress")
+        raise UserError(f"{src}: no files to compress")
     bar = ProgressBar(sum(os.path.getsize(p) for p in files), "compress")
+    compressor = _Compressor(args, root, bar)
     orig = stored = 0
+    count = 0
     try:
         for path in files:
-            orig += os.path.getsize(path)
+            size = os.path.getsize(path)
             # compress_file verifies the new container before renaming it into place;
             # only then is the original removed, so a crash at any point loses nothing.
-            stored += _compress_one(path, path + SUFFIX, args, bar)
+            result = compressor.store(path, path, layouts[path])
+            bar.file_done(size)
+            if result is None:
+                continue
             os.unlink(path)
+            orig += size
+            stored += result.stored_size
+            count += 1
     finally:
         bar.close()
-    print(f"{src}: {len(files)} file(s), {human_bytes(orig)} -> {human_bytes(stored)} "
+    print(f"{src}: {count} file(s) compressed, {human_bytes(orig)} -> {human_bytes(stored)} "
           f"({100 * stored / max(orig, 1):.2f} % of original)")
     return EXIT_OK
 
@@ -248,16 +325,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fpfs {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    c = sub.add_parser("compress", help="compress a safetensors file or a directory tree",
-                       description="Compress SRC (a safetensors file or a directory tree) "
-                       "into DST. Safetensors files (recognised by content) become NAME.fpz; "
-                       "other files are copied and symlinks kept as they are. Every output "
-                       "is written atomically and verified before it is reported.")
+    c = sub.add_parser("compress", help="compress a weights file or a directory tree",
+                       description="Compress SRC (a file or a directory tree) into DST. "
+                       "Weight files (safetensors, PyTorch torch.save zips, GGUF, NumPy "
+                       ".npy/.npz, ONNX; recognised by content, not name) become NAME.fpz "
+                       "with each tensor coded by its element type and every other byte "
+                       "kept; other files of 64 KiB or more (tokenizer.json, vocab.txt) "
+                       "are zstd-coded when that pays, smaller ones copied; symlinks are "
+                       "kept as they are. A file that shares tensors with one compressed "
+                       "before it (checkpoint-80 after checkpoint-40, a fine-tune after its "
+                       "base) is stored as its difference where that is smaller. Every "
+                       "output is written atomically and verified before it is reported.")
     c.add_argument("src", metavar="SRC")
     c.add_argument("dst", metavar="DST", nargs="?")
     c.add_argument("--in-place", action="store_true",
-                   help="replace each safetensors file under SRC by NAME.fpz, removing the "
-                        "original only after the new file is verified")
+                   help="replace each file under SRC that compresses by NAME.fpz, removing "
+                        "the original only after the new file is verified")
+    c.add_argument("--base", metavar="FILE", default=None,
+                   help="code SRC as a delta of FILE (an original or a .fpz: the model it "
+                        "was fine-tuned from, or the previous checkpoint); default: found "
+                        "automatically among the files compressed before it")
+    c.add_argument("--no-delta", action="store_true",
+                   help="store every file on its own, never as a delta")
     c.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE,
                    help="original bytes per independently decodable chunk (default 256K)")
     c.add_argument("--threads", type=int, default=None,

@@ -1,22 +1,27 @@
-"""Whole-file operations: compress a safetensors file into a .fpz container, decompress it
-back, verify it. Outputs are written atomically (temporary file in the target directory,
-fsync, rename) and a compressed file is verified before it is renamed into place."""
+"""Whole-file operations: compress any file into a .fpz container (its tensors by their
+element type, everything else as bytes), decompress it back, verify it. Outputs are
+written atomically (temporary file in the target directory, fsync, rename) and a compressed
+file is verified before it is renamed into place."""
 from __future__ import annotations
 
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import tempfiles
-from .codecs import DEFAULT_MIN_SAVING_PPM, dtype_code, encode_chunk
-from .container import (DEFAULT_CHUNK_SIZE, ChunkRecord, Container, ContainerWriter, checksum,
-                        validate_chunk_size)
-from .errors import CorruptContainer, FpfsError
-from .safetensors_header import SafetensorsLayout, read_layout
+from .bases import keep_base
+from .codecs import DEFAULT_MIN_SAVING_PPM, block_type, dtype_code, encode_chunk
+from .container import (DEFAULT_CHUNK_SIZE, BaseRef, ChunkRecord, Container, ContainerWriter,
+                        checksum, is_container, validate_chunk_size)
+from .deltas import BaseSource, match_regions
+from .errors import AlreadyCompressed, CorruptContainer, FpfsError
+from .formats import Layout, detect
+from .packed_file import PackedFile
 
 Progress = Optional[Callable[[int], None]]   # called with the number of original bytes done
+Chunk = Tuple[int, int, str, Optional[int]]   # offset, length, dtype, offset in the base
 
 
 class SourceChanged(FpfsError):
@@ -27,30 +32,44 @@ class SourceChanged(FpfsError):
 class CompressResult:
     original_size: int
     stored_size: int
+    format: str = "bytes"
+    base: Optional[str] = None          # the base the file was coded against, if any
 
     @property
     def ratio(self) -> float:
         return self.stored_size / self.original_size if self.original_size else 1.0
 
 
-def plan_chunks(layout: SafetensorsLayout, chunk_size: int) -> List[Tuple[int, int, str]]:
-    """(offset, length, dtype) of every chunk: regions cut at chunk_size, never spanning two."""
+def plan_chunks(layout: Layout, chunk_size: int,
+                base_offsets: Optional[Dict[int, int]] = None) -> List[Chunk]:
+    """(offset, length, dtype, base offset) of every chunk: regions cut at chunk_size (at a
+    whole number of blocks for block-quantized types), never spanning two regions."""
     chunks = []
+    base_offsets = base_offsets or {}
     for r in layout.regions:
-        for off in range(r.offset, r.offset + r.length, chunk_size):
-            chunks.append((off, min(chunk_size, r.offset + r.length - off), r.dtype))
+        step = chunk_size
+        btype = block_type(r.dtype)
+        if btype is not None and r.length % btype.block_bytes == 0:
+            step = max(btype.block_bytes, chunk_size // btype.block_bytes * btype.block_bytes)
+        base_start = base_offsets.get(r.offset)
+        for off in range(r.offset, r.offset + r.length, step):
+            base_off = None if base_start is None else base_start + off - r.offset
+            chunks.append((off, min(step, r.offset + r.length - off), r.dtype, base_off))
     return chunks
 
 
-def _encode(fd: int, chunk: Tuple[int, int, str],
-            min_saving_ppm: int) -> Tuple[ChunkRecord, bytes]:
+def _encode(fd: int, chunk: Chunk, min_saving_ppm: int,
+            base: Optional[BaseSource]) -> Tuple[ChunkRecord, bytes]:
     """Read and encode one chunk (os.pread, not mmap: a source that shrinks or a full tmpfs
     must be an error, not a SIGBUS that kills the process, e.g. the mount daemon)."""
-    off, length, dtype = chunk
+    off, length, dtype, base_off = chunk
     data = os.pread(fd, length, off)
     if len(data) != length:
         raise SourceChanged(f"source file shrank while being compressed (at byte {off})")
-    codec, payload = encode_chunk(memoryview(data), dtype, min_saving_ppm)
+    base_bytes = None
+    if base is not None and base_off is not None:
+        base_bytes = (base_off, base.read(base_off, length))
+    codec, payload = encode_chunk(memoryview(data), dtype, min_saving_ppm, base_bytes)
     return ChunkRecord(off, length, codec, dtype_code(dtype), checksum(data), payload), data
 
 
@@ -99,40 +118,103 @@ class _AtomicOutput:
 def compress_file(src: str, dst: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
                   threads: Optional[int] = None, progress: Progress = None,
                   verify: bool = True,
-                  min_saving_ppm: int = DEFAULT_MIN_SAVING_PPM) -> CompressResult:
-    """Compress the safetensors file src into the container dst (atomically, verified).
-    min_saving_ppm=0 codes every plane that saves anything (smallest files, slower reads)."""
+                  min_saving_ppm: int = DEFAULT_MIN_SAVING_PPM,
+                  base: Optional[str] = None, store_root: Optional[str] = None,
+                  layout: Optional[Layout] = None) -> CompressResult:
+    """Compress src into the container dst (atomically, verified). Any file is accepted:
+    tensors of a recognised format (fpfs.formats) are coded by element type, other bytes
+    by zstd or as they are. min_saving_ppm=0 codes every plane that saves anything
+    (smallest files, slower reads).
+
+    base: a file (an original or a .fpz) that src is a fine-tune or later checkpoint of;
+    chunks of tensors it shares are coded as deltas where that is smaller. The base's
+    container is kept in store_root/.fpfs-bases (default: dst's directory, bases.py)."""
     validate_chunk_size(chunk_size)
-    layout = read_layout(src)
+    if is_container(src):
+        raise AlreadyCompressed(f"{src}: already an fpfs container")
+    layout = layout or detect(src)
     threads = threads or os.cpu_count() or 1
+    store_root = store_root or os.path.dirname(os.path.abspath(dst))
+    source = BaseSource.open(base, store_root) if base else None
     out = _AtomicOutput(dst)
     try:
+        base_offsets = match_regions(layout, source.layout) if source else {}
+        if not base_offsets:
+            source = _close(source)
         with open(src, "rb") as f:
             if os.fstat(f.fileno()).st_size != layout.file_size:
                 raise SourceChanged(f"{src}: changed while being compressed")
+            ref = BaseRef(source.sha256, source.size) if source else None
             stored = _write_container(f.fileno(), layout, out.file, chunk_size, threads,
-                                      progress, min_saving_ppm)
+                                      progress, min_saving_ppm, source, base_offsets, ref)
         out.file.flush()
+        if source is not None:
+            _store_base(source, store_root, chunk_size, threads, min_saving_ppm)
         if verify:
-            verify_file(out.tmp)
+            verify_file(out.tmp, root=store_root)
         out.commit()
     except BaseException:
         out.abort()
         raise
-    return CompressResult(layout.file_size, stored)
+    finally:
+        _close(source)
+    return CompressResult(layout.file_size, stored, layout.format,
+                          source.path if source else None)
 
 
-def _write_container(fd, layout, file, chunk_size, threads, progress,
-                     min_saving_ppm) -> int:
+# Unrecognised files smaller than this are kept as they are: a container costs a 112-byte
+# frame, 40 bytes a chunk and one more open per read through the mount, and a model
+# directory's config files (a few KiB each) would save kilobytes in all. tokenizer.json
+# and vocab.txt (hundreds of KiB, zstd -19: 35 % and 43 %) are above it.
+PLAIN_MIN_BYTES = 64 * 1024
+
+
+def worth_compressing(layout: Layout) -> bool:
+    """Whether to try storing a file compressed: any recognised format, or plain bytes of
+    at least PLAIN_MIN_BYTES."""
+    return layout.format != "bytes" or layout.file_size >= PLAIN_MIN_BYTES
+
+
+def compress_if_smaller(src: str, dst: str, **kwargs) -> Optional[CompressResult]:
+    """compress_file, keeping dst only if it is smaller than src (else removed: None).
+    So no file is ever stored larger than it was."""
+    result = compress_file(src, dst, **kwargs)
+    if result.stored_size >= result.original_size:
+        os.unlink(dst)
+        return None
+    return result
+
+
+def _close(source: Optional[BaseSource]) -> None:
+    if source is not None:
+        source.close()
+
+
+def _store_base(source: BaseSource, store_root: str, chunk_size: int, threads: int,
+                min_saving_ppm: int) -> None:
+    """Keep the base's container where the delta's readers will look for it."""
+    if source.container_path is not None:
+        keep_base(source.container_path, store_root, source.sha256)
+        return
+    from .bases import BASES_DIR, stored_name
+    target = os.path.join(store_root, BASES_DIR, stored_name(source.sha256))
+    if not os.path.isfile(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        compress_file(source.path, target, chunk_size, threads, None, True, min_saving_ppm)
+
+
+def _write_container(fd, layout, file, chunk_size, threads, progress, min_saving_ppm,
+                     base, base_offsets, ref) -> int:
     prefix = os.pread(fd, layout.prefix_length, 0)
     if len(prefix) != layout.prefix_length:
         raise SourceChanged("source file shrank while being compressed")
     sha = hashlib.sha256(prefix)
-    writer = ContainerWriter(file, prefix, layout.file_size, chunk_size)
+    writer = ContainerWriter(file, prefix, layout.file_size, chunk_size, ref)
     done = layout.prefix_length
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fpfs-enc") as pool:
-        encode = lambda chunk: _encode(fd, chunk, min_saving_ppm)  # noqa: E731
-        for rec, data in _ordered_map(pool, encode, plan_chunks(layout, chunk_size),
+        encode = lambda chunk: _encode(fd, chunk, min_saving_ppm, base)  # noqa: E731
+        for rec, data in _ordered_map(pool, encode,
+                                      plan_chunks(layout, chunk_size, base_offsets),
                                       4 * threads):
             sha.update(data)
             writer.add(rec)
@@ -158,31 +240,40 @@ def verified_original(container: Container, progress: Progress = None) -> Iterat
         raise CorruptContainer(f"{container.path}: whole-file SHA-256 mismatch")
 
 
-def verify_file(path: str, progress: Progress = None) -> Container:
-    """Decode every chunk, check every checksum and the whole-file SHA-256.
-    Raises CorruptContainer (or a subclass) on any mismatch."""
-    with Container(path) as c:
-        for _ in verified_original(c, progress):
+def verify_file(path: str, progress: Progress = None, root: Optional[str] = None) -> Container:
+    """Decode every chunk, check every checksum and the whole-file SHA-256 (a delta's base
+    is found and checked too; root bounds where, bases.py). Raises CorruptContainer (or a
+    subclass), or MissingBase, on any mismatch."""
+    packed = PackedFile(path, root=root)
+    try:
+        for _ in verified_original(packed.container, progress):
             pass
-        return c
+    finally:
+        packed.close()
+    return packed.container
 
 
 def write_original(container: Container, out: BinaryIO, progress: Progress = None) -> None:
     """Write the original bytes of an open container to out (raises CorruptContainer at
-    the end on a hash mismatch: the caller must then discard what it wrote)."""
+    the end on a hash mismatch: the caller must then discard what it wrote). A delta's
+    container must come from a PackedFile, which resolved its base."""
     for piece in verified_original(container, progress):
         out.write(piece)
 
 
-def decompress_file(src: str, dst: str, progress: Progress = None) -> int:
+def decompress_file(src: str, dst: str, progress: Progress = None,
+                    root: Optional[str] = None) -> int:
     """Write the original bytes of container src to dst (atomically); returns its size.
     The whole-file hash is checked before dst appears."""
-    with Container(src) as c:
+    packed = PackedFile(src, root=root)
+    try:
         out = _AtomicOutput(dst)
         try:
-            write_original(c, out.file, progress)
+            write_original(packed.container, out.file, progress)
             out.commit()
         except BaseException:
             out.abort()
             raise
-        return c.original_size
+        return packed.size
+    finally:
+        packed.close()

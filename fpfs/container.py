@@ -15,12 +15,15 @@ from typing import BinaryIO, Iterable, Iterator, Optional, Tuple
 import numpy as np
 import xxhash
 
-from .codecs import CODECS, CODEC_RAW, DecodeError, decode_chunk, dtype_code
+from .codecs import (CODECS, CODEC_DELTA, CODEC_RAW, V1_CODECS, BaseReader, DecodeError,
+                     decode_chunk)
 from .errors import CorruptChunk, CorruptContainer, UnsupportedVersion
 
 MAGIC = b"\x89FPZ\r\n\x1a\n"
 END_MAGIC = b"FPZ-END\n"
-VERSION = 1
+VERSION = 2                 # written; versions 1 and 2 are read
+READABLE_VERSIONS = (1, 2)
+FLAG_BASE = 0x1             # v2: a base section follows the header (a delta file)
 HEADER = struct.Struct("<8sHHIQQII")          # magic version flags chunk_size orig_size prefix_len crc zero
 TRAILER = struct.Struct("<QQQ32sII8s")         # table_off count orig_size sha256 table_crc trailer_crc end
 CHUNK_ENTRY = np.dtype([
@@ -28,6 +31,7 @@ CHUNK_ENTRY = np.dtype([
     ("comp_length", "<u4"), ("checksum", "<u8"), ("codec", "u1"), ("dtype", "u1"),
     ("reserved", "<u2"), ("reserved2", "<u4"),
 ])
+BASE_SECTION = struct.Struct("<32sQ")   # base SHA-256, base original size
 assert HEADER.size == 40 and TRAILER.size == 72 and CHUNK_ENTRY.itemsize == 40
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
@@ -60,27 +64,41 @@ class ChunkRecord:
     payload: bytes
 
 
+@dataclass(frozen=True)
+class BaseRef:
+    """The file a delta container is coded against: named by content, never by path."""
+    sha256: bytes
+    size: int
+
+
 class ContainerWriter:
     """Streams a container to a binary file object: never seeks back (FORMAT.md)."""
 
-    def __init__(self, out: BinaryIO, prefix: bytes, original_size: int, chunk_size: int):
+    def __init__(self, out: BinaryIO, prefix: bytes, original_size: int, chunk_size: int,
+                 base: Optional[BaseRef] = None):
         self._out = out
         self._original_size = original_size
         self._prefix_len = len(prefix)
-        head = HEADER.pack(MAGIC, VERSION, 0, validate_chunk_size(chunk_size), original_size,
-                           len(prefix), 0, 0)
-        crc = zlib.crc32(prefix, zlib.crc32(head[:32]))
-        head = HEADER.pack(MAGIC, VERSION, 0, chunk_size, original_size, len(prefix), crc, 0)
+        flags = FLAG_BASE if base is not None else 0
+        section = BASE_SECTION.pack(base.sha256, base.size) if base is not None else b""
+        head = HEADER.pack(MAGIC, VERSION, flags, validate_chunk_size(chunk_size),
+                           original_size, len(prefix), 0, 0)
+        crc = zlib.crc32(prefix, zlib.crc32(section, zlib.crc32(head[:32])))
+        head = HEADER.pack(MAGIC, VERSION, flags, chunk_size, original_size, len(prefix), crc, 0)
         self._header_crc = crc
+        self._has_base = base is not None
         out.write(head)
+        out.write(section)
         out.write(prefix)
-        self._pos = len(head) + len(prefix)
+        self._pos = len(head) + len(section) + len(prefix)
         self._next_orig = len(prefix)
         self._entries = []
 
     def add(self, rec: ChunkRecord) -> None:
         if rec.orig_offset != self._next_orig:
             raise ValueError("chunks must be added in order without gaps")
+        if rec.codec == CODEC_DELTA and not self._has_base:
+            raise ValueError("a delta chunk needs a container with a base")
         self._out.write(rec.payload)
         self._entries.append((rec.orig_offset, self._pos, rec.orig_length, len(rec.payload),
                               rec.checksum, rec.codec, rec.dtype, 0, 0))
@@ -110,6 +128,8 @@ class Container:
 
     def __init__(self, path: str):
         self.path = path
+        # Set by whoever resolved self.base (PackedFile): reads the base's original bytes.
+        self.base_reader: Optional[BaseReader] = None
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
             st = os.fstat(self._fd)
@@ -138,23 +158,28 @@ class Container:
             self._fail("not an fpfs container (bad magic)")
         if zero:
             self._fail("reserved header field is not zero")
-        if version != VERSION or flags != 0:
+        if version not in READABLE_VERSIONS or flags & ~(FLAG_BASE if version >= 2 else 0):
             raise UnsupportedVersion(f"{self.path}: format version {version} flags {flags:#x} "
-                                     f"(this fpfs reads version {VERSION}); upgrade fpfs")
+                                     f"(this fpfs reads versions 1 and 2); upgrade fpfs")
         if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % 8:
             self._fail(f"invalid chunk size {chunk_size}")
-        if prefix_len > orig_size or HEADER.size + prefix_len + TRAILER.size > file_size:
+        section_len = BASE_SECTION.size if flags & FLAG_BASE else 0
+        if prefix_len > orig_size or \
+                HEADER.size + section_len + prefix_len + TRAILER.size > file_size:
             self._fail("header lengths exceed the file")
-        prefix = self._pread_exact(prefix_len, HEADER.size)
-        if zlib.crc32(prefix, zlib.crc32(head[:32])) != crc:
+        section = self._pread_exact(section_len, HEADER.size)
+        prefix = self._pread_exact(prefix_len, HEADER.size + section_len)
+        if zlib.crc32(prefix, zlib.crc32(section, zlib.crc32(head[:32]))) != crc:
             self._fail("header checksum mismatch")
+        self.base = BaseRef(*BASE_SECTION.unpack(section)) if section_len else None
+        self.version = version
         tail = self._pread_exact(TRAILER.size, file_size - TRAILER.size)
         table_off, count, orig2, sha, table_crc, trailer_crc, end = TRAILER.unpack(tail)
         if end != END_MAGIC:
             self._fail("trailer missing (incomplete write?)")
         if zlib.crc32(tail[:56], crc) != trailer_crc:
             self._fail("trailer damaged, or header and trailer from different files")
-        data_start = HEADER.size + prefix_len
+        data_start = HEADER.size + section_len + prefix_len
         if orig2 != orig_size or table_off < data_start or \
                 table_off + count * CHUNK_ENTRY.itemsize != file_size - TRAILER.size:
             self._fail("trailer inconsistent with header and file size")
@@ -190,9 +215,12 @@ class Container:
                 or coff[-1] + clen[-1] != table_off:
             self._fail("chunk payloads do not tile the data section")
         codecs = t["codec"]
-        known = np.isin(codecs, np.array(sorted(CODECS), dtype=np.uint8))
+        allowed = set(CODECS) if self.version >= 2 else set(V1_CODECS)
+        if self.base is None:
+            allowed.discard(CODEC_DELTA)
+        known = np.isin(codecs, np.array(sorted(allowed), dtype=np.uint8))
         if not known.all():
-            self._fail(f"unknown codec id {int(codecs[~known][0])}")
+            self._fail(f"codec id {int(codecs[~known][0])} not allowed in this file")
         raw = codecs == CODEC_RAW
         if (clen[raw] != olen[raw]).any():
             self._fail("raw chunk whose stored length differs from its original length")
@@ -241,7 +269,7 @@ class Container:
         e = self.table[index]
         payload = self._read_payload_view(index)
         try:
-            decode_chunk(int(e["codec"]), payload, out)
+            decode_chunk(int(e["codec"]), payload, out, self.base_reader)
         except DecodeError as exc:
             raise CorruptChunk(self.path, index, str(exc)) from None
         if checksum(out) != int(e["checksum"]):

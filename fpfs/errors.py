@@ -7,7 +7,17 @@ class FpfsError(Exception):
 
 
 class NotSafetensors(FpfsError):
-    """The input is not a safetensors file (only safetensors files are compressed)."""
+    """The input is not a safetensors file (kept for API compatibility; fpfs now stores
+    any file, recognised formats by their tensors and everything else as bytes)."""
+
+
+class AlreadyCompressed(FpfsError):
+    """The input is already an fpfs container."""
+
+
+class MissingBase(FpfsError):
+    """A delta container's base file is not where fpfs looks for it, or is not the file the
+    delta was coded against."""
 
 
 class CorruptContainer(FpfsError):

@@ -11,8 +11,10 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .bases import MAX_CHAIN, find_base
 from .cache import ChunkCache
 from .container import Container
+from .errors import CorruptContainer, MissingBase
 
 # Chunks decoded ahead of a sequential reader on a thread pool. Off by default: through the
 # mount the kernel's readahead already sends concurrent 1 MiB requests that keep both cores
@@ -23,20 +25,69 @@ DEFAULT_PREFETCH = 0
 
 class PackedFile:
     def __init__(self, source: Union[str, Container], cache: Optional[ChunkCache] = None,
-                 prefetch_pool: Optional[Executor] = None, prefetch: int = DEFAULT_PREFETCH):
+                 prefetch_pool: Optional[Executor] = None, prefetch: int = DEFAULT_PREFETCH,
+                 root: Optional[str] = None, _depth: int = 0):
         """source: a .fpz path, or an already open Container (then shared, not closed
-        separately)."""
+        separately). root: the top of the tree to look for a delta's base in (bases.py).
+        A delta's base is opened here too, sharing the cache (so N fine-tunes of one base
+        decode each base chunk once); MissingBase if it cannot be found or is not the file
+        the delta was coded against."""
         self.container = source if isinstance(source, Container) else Container(source)
         self.path = self.container.path
         self.size = self.container.original_size
         # Without a shared cache, keep the last few chunks so small sequential reads
         # (io.BufferedReader, json parsers) do not decode a chunk per call.
         self.cache = cache if cache is not None else ChunkCache(4 * self.container.chunk_size)
+        self.base: Optional[PackedFile] = None
+        try:
+            if self.container.base is not None:
+                self.base = self._open_base(root, _depth)
+                self.container.base_reader = self.base.read_cached
+        except BaseException:
+            if not isinstance(source, Container):
+                self.container.close()
+            raise
         self._pool = prefetch_pool
         self._prefetch = prefetch if prefetch_pool is not None else 0
         self._prefix = np.frombuffer(self.container.prefix, dtype=np.uint8)
         self._next_sequential = -1
         self._lock = threading.Lock()
+
+    def _open_base(self, root: Optional[str], depth: int) -> "PackedFile":
+        ref = self.container.base
+        if depth >= MAX_CHAIN:
+            raise MissingBase(f"{self.path}: chain of bases deeper than {MAX_CHAIN}")
+        path = find_base(self.path, ref.sha256, root)
+        base = PackedFile(path, self.cache, root=root, _depth=depth + 1)
+        if base.container.sha256 != ref.sha256 or base.size != ref.size:
+            base.close()
+            raise MissingBase(f"{self.path}: {path} is not its base (SHA-256 differs)")
+        return base
+
+    @property
+    def depth(self) -> int:
+        """How many bases deep this file's chain goes (0: not a delta)."""
+        return 0 if self.base is None else 1 + self.base.depth
+
+    def read_cached(self, offset: int, size: int) -> np.ndarray:
+        """size original bytes at offset, every chunk through the cache (the read path of a
+        base: the fine-tunes that share it then share its decoded chunks too)."""
+        out = np.empty(size, dtype=np.uint8)
+        pos, end = offset, offset + size
+        if end > self.size or offset < 0:
+            raise CorruptContainer(f"{self.path}: a delta reads past the end of its base")
+        plen = len(self._prefix)
+        if pos < min(end, plen):
+            stop = min(end, plen)
+            out[:stop - pos] = self._prefix[pos:stop]
+            pos = stop
+        while pos < end:
+            index = self.container.chunk_index(pos)
+            start, length = self.container.chunk_span(index)
+            stop = min(end, start + length)
+            out[pos - offset:stop - offset] = self.chunk(index)[pos - start:stop - start]
+            pos = stop
+        return out
 
     @property
     def identity(self):
@@ -113,14 +164,17 @@ class PackedFile:
 
     def close(self) -> None:
         self.container.close()
+        if self.base is not None:
+            self.base.close()
 
 
 class FpzFile(io.RawIOBase):
     """Read-only binary file object over a container: read/seek/tell plus pread."""
 
-    def __init__(self, path: str, cache: Optional[ChunkCache] = None):
+    def __init__(self, path: str, cache: Optional[ChunkCache] = None,
+                 root: Optional[str] = None):
         super().__init__()
-        self._packed = PackedFile(path, cache)
+        self._packed = PackedFile(path, cache, root=root)
         self._pos = 0
         self.name = path
 
@@ -166,5 +220,6 @@ class FpzFile(io.RawIOBase):
         super().close()
 
 
-def open_packed(path: str, cache: Optional[ChunkCache] = None) -> FpzFile:
-    return FpzFile(path, cache)
+def open_packed(path: str, cache: Optional[ChunkCache] = None,
+                root: Optional[str] = None) -> FpzFile:
+    return FpzFile(path, cache, root)

@@ -10,12 +10,15 @@ import stat
 from typing import Iterator, List, Tuple
 
 from . import tempfiles
+from .bases import BASES_DIR
 
 
 def walk(root: str) -> Iterator[Tuple[str, str, str]]:
     """(kind, src path, relative path) for everything under root; kind is dir|link|file|other.
-    Symlinks are reported, never followed; fpfs's own temporary files are skipped."""
+    Symlinks are reported, never followed; fpfs's own temporary files and base stores
+    (bases.py) are skipped."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if d != BASES_DIR]
         rel_dir = os.path.relpath(dirpath, root)
         rel_dir = "" if rel_dir == "." else rel_dir
         for name in sorted(dirnames):

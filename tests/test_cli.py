@@ -242,7 +242,7 @@ def test_in_place_failure_keeps_original(tmp_path, capsys, monkeypatch):
     assert open(src, "rb").read() == model_bytes(4)
 
 
-def _raise_corrupt(path, progress=None):
+def _raise_corrupt(path, progress=None, root=None):
     raise fpfs.CorruptContainer(f"{path}: simulated verification failure")
 
 
@@ -263,12 +263,15 @@ def test_missing_input(tmp_path, capsys, argv):
     assert os.listdir(tmp_path) == []
 
 
-def test_non_safetensors_inputs(tmp_path, capsys):
+def test_non_weight_inputs(tmp_path, capsys):
     plain = st_files.write(tmp_path / "plain.safetensors", b"definitely not weights" * 10)
     code, out, err = run(capsys, "compress", plain, str(tmp_path / "o.fpz"))
+    assert code == 0, err                           # stored as bytes, as asked
+    assert fpfs.open(str(tmp_path / "o.fpz")).read() == b"definitely not weights" * 10
+    code, out, err = run(capsys, "compress", str(tmp_path / "o.fpz"), str(tmp_path / "o2.fpz"))
     assert_user_error(code, err)
-    assert "not a safetensors file" in err
-    assert not (tmp_path / "o.fpz").exists()
+    assert "already an fpfs container" in err
+    os.unlink(tmp_path / "o.fpz")
     # decompress / verify / stats of something that is not a container
     code, out, err = run(capsys, "decompress", plain, str(tmp_path / "o"))
     assert_user_error(code, err)
@@ -404,7 +407,7 @@ def test_subprocess_errors(tmp_path):
     assert res.returncode == 2 and res.stderr.startswith("fpfs: error:")
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     plain = st_files.write(tmp_path / "x.safetensors", b"\x00" * 64)
-    res = fpfs_cmd("compress", plain, tmp_path / "x.fpz")
+    res = fpfs_cmd("compress", tmp_path / "missing.fpz", tmp_path / "x.fpz")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     res = fpfs_cmd("verify", plain)
     assert res.returncode == 1 and "Traceback" not in res.stderr

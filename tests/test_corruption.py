@@ -16,7 +16,8 @@ from safetensors.numpy import save_file
 
 import fpfs
 from fpfs.container import CHUNK_ENTRY, HEADER, TRAILER, Container
-from fpfs.errors import CorruptChunk, CorruptContainer, NotSafetensors, UnsupportedVersion
+from fpfs.errors import AlreadyCompressed, CorruptChunk, CorruptContainer, UnsupportedVersion
+from fpfs.formats import detect
 from fpfs.packed_file import PackedFile
 from tests import st_files
 from tests.weights import load_real
@@ -442,7 +443,8 @@ def test_wrong_whole_file_hash(bf16_sample, tmp_path):
         fpfs.verify_file(path)
 
 
-@pytest.mark.parametrize("version,flags", [(2, 0), (0, 0), (65535, 0), (1, 1), (1, 0x8000)])
+@pytest.mark.parametrize("version,flags", [(3, 0), (0, 0), (65535, 0), (1, 1), (1, 0x8000),
+                                           (2, 2), (2, 0x8000)])
 def test_unsupported_version(bf16_sample, tmp_path, version, flags):
     original, packed = bf16_sample
     for fix_crc in (True, False):
@@ -507,18 +509,20 @@ NOT_SAFETENSORS = {
 
 
 @pytest.mark.parametrize("name", sorted(NOT_SAFETENSORS))
-def test_compress_rejects_non_safetensors(tmp_path, name):
+def test_broken_safetensors_is_stored_as_bytes(tmp_path, name):
+    """A file that only looks like safetensors is still stored - losslessly, as bytes."""
     src = damaged(tmp_path, NOT_SAFETENSORS[name], "input.safetensors")
-    with pytest.raises(NotSafetensors):
-        fpfs.compress_file(src, str(tmp_path / "out.fpz"))
-    assert sorted(os.listdir(tmp_path)) == ["input.safetensors"]     # nothing left behind
-    with open(src, "rb") as f:
+    dst = str(tmp_path / "out.fpz")
+    fpfs.compress_file(src, dst)
+    assert detect(src).format == "bytes"
+    with fpfs.open(dst) as f:
         assert f.read() == NOT_SAFETENSORS[name]
+    assert sorted(os.listdir(tmp_path)) == ["input.safetensors", "out.fpz"]
 
 
 def test_compress_rejects_a_container(bf16_sample, tmp_path):
     _, packed = bf16_sample
     src = damaged(tmp_path, packed, "already.fpz")
-    with pytest.raises(NotSafetensors):
+    with pytest.raises(AlreadyCompressed):
         fpfs.compress_file(src, str(tmp_path / "twice.fpz"))
     assert os.listdir(tmp_path) == ["already.fpz"]

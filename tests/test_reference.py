@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from fpfs import _kernels, _reference
 from fpfs.codecs import DecodeError, decode_chunk, encode_chunk
 from fpfs.compress import plan_chunks
-from fpfs.safetensors_header import read_layout
+from fpfs.formats import detect as read_layout
 
 DTYPES = ["BF16", "F16", "F32", "F64", "F8_E4M3", "I64", "U16", "RAW"]
 
@@ -41,7 +41,7 @@ def test_real_chunks_match_reference(real_files, dtype):
     chunks = plan_chunks(layout, 8192)
     rng = np.random.default_rng(3)
     for k in rng.choice(len(chunks), size=6, replace=False):
-        off, length, name = chunks[k]
+        off, length, name, _ = chunks[k]
         original = data[off:off + length]
         for min_saving in (0, 10_000):
             codec, payload = encode_chunk(memoryview(original), name, min_saving)

@@ -20,7 +20,7 @@ from fpfs.cache import ChunkCache
 from fpfs.codecs import CODEC_PLANES, CODEC_RAW, DTYPE_NAMES, dtype_code
 from fpfs.container import Container
 from fpfs.packed_file import PackedFile
-from fpfs.safetensors_header import read_layout
+from fpfs.formats import detect as read_layout
 from tests import st_files
 from tests.st_files import ALL_DTYPES, UNKNOWN_DTYPE, build, pack, sample_bytes
 from tests.weights import REAL_DTYPES
@@ -114,7 +114,7 @@ def test_mixed_dtypes_codec_mix(tmp_path):
     fpz = roundtrip(str(tmp_path), content)
     with Container(fpz) as c:
         codecs = set(int(x) for x in c.table["codec"])
-        assert codecs == {CODEC_RAW, CODEC_PLANES}
+        assert {CODEC_RAW, CODEC_PLANES} <= codecs
         assert c.stored_size < len(content)
 
 

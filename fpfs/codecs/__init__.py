@@ -2,102 +2,94 @@
 
 A chunk is encoded by every codec that applies and the smallest payload is kept; the codec
 id goes into the chunk table. Python decides here; fpfs._kernels loops.
+
+    0 RAW      the bytes as they are
+    1 PLANES   byte planes of the elements, each rANS-coded, constant or raw
+    2 ZSTD     one zstd frame (untyped bytes, one-byte tensors with exact repeats)
+    3 BLOCKS   block-quantized tensors: each struct field gathered and coded on its own
+    4 DELTA    XOR or difference with the same bytes of a base file, then one of 0-3
 """
 from __future__ import annotations
 
-import threading
-from typing import Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
-import numpy as np
-
-from .. import _kernels
-from ..errors import FpfsError
+from .blocks import BLOCK_TYPES, BlocksCodec, block_type
+from .delta import DeltaCodec
 from .dtypes import DTYPE_CODES, DTYPE_NAMES, dtype_code, dtype_name, plane_layout
+from .errors import DecodeError
+from .general import LEVEL_TYPED, LEVEL_UNTYPED, ZstdCodec
+from .planes import DEFAULT_MIN_SAVING_PPM, PlanesCodec, RawCodec, scratch
 
-CODEC_RAW = 0
-CODEC_PLANES = 1
-
-# A plane is rANS-coded only if that saves at least this share of it (parts per million).
-# Decoding a coded plane costs ~0.7 ns/byte, a raw one a memcpy: on BF16 the nearly random
-# sign/mantissa plane would save 0.3 % of itself for half the decode speed (measured on
-# MiniLM: 66.12 % at 1.3 GB/s vs 66.23 % at 2.3 GB/s). 0 keeps every saving (--smallest).
-DEFAULT_MIN_SAVING_PPM = 10_000
-
-_local = threading.local()
-
-
-def scratch(n: int) -> np.ndarray:
-    """A per-thread work buffer of at least n bytes (reused: allocation would dominate)."""
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.size < n:
-        buf = np.empty(max(n, 1 << 18), dtype=np.uint8)
-        _local.buf = buf
-    return buf
-
-
-class DecodeError(FpfsError):
-    """A payload could not be decoded (the caller adds file and chunk to the message)."""
-
-
-class RawCodec:
-    codec_id = CODEC_RAW
-    name = "raw"
-
-    def encode(self, data: memoryview, dtype: str, min_saving_ppm: int = 0) -> bytes:
-        return bytes(data)
-
-    def decode_into(self, payload, out: memoryview) -> None:
-        if len(payload) != len(out):
-            raise DecodeError(f"raw payload of {len(payload)} bytes for {len(out)} bytes")
-        out[:] = payload
-
-
-class PlanesCodec:
-    """Byte planes (exponent first), each stored CONST, RAW or rANS-coded (FORMAT.md)."""
-    codec_id = CODEC_PLANES
-    name = "planes"
-
-    def encode(self, data: memoryview, dtype: str,
-               min_saving_ppm: int = DEFAULT_MIN_SAVING_PPM):
-        """Payload bytes, or None when it would not be smaller than the raw chunk."""
-        n = len(data)
-        width, rot = plane_layout(dtype, n)
-        dst = bytearray(n)
-        size = _kernels.encode_planes_into(data, width, rot, scratch(n), dst, min_saving_ppm)
-        if size == 0:
-            return None
-        del dst[size:]
-        return bytes(dst)
-
-    def decode_into(self, payload, out: memoryview) -> None:
-        try:
-            _kernels.decode_planes_into(payload, out, scratch(len(out)))
-        except _kernels.KernelError as exc:
-            raise DecodeError(str(exc)) from None
-
-
-CODECS: Dict[int, object] = {c.codec_id: c for c in (RawCodec(), PlanesCodec())}
+CODEC_RAW, CODEC_PLANES, CODEC_ZSTD, CODEC_BLOCKS, CODEC_DELTA = 0, 1, 2, 3, 4
+CODECS: Dict[int, object] = {c.codec_id: c for c in (
+    RawCodec(), PlanesCodec(), ZstdCodec(), BlocksCodec(), DeltaCodec())}
 CODEC_NAMES = {cid: c.name for cid, c in CODECS.items()}
+V1_CODECS = frozenset((CODEC_RAW, CODEC_PLANES))   # all a format-version-1 file may use
+
+# Where zstd is tried: untyped bytes always; tensors of one-byte elements (whole-byte
+# symbols, where exact repeats are what zstd finds and rANS cannot); wider floats only
+# with exhaustive=True (zstd never won on them in any measurement, and trying costs time).
+BaseReader = Callable[[int, int], memoryview]       # (base offset, length) -> base bytes
+
+
+def encode_standalone(data: memoryview, dtype: str,
+                      min_saving_ppm: int = DEFAULT_MIN_SAVING_PPM,
+                      exhaustive: bool = False) -> Tuple[int, bytes]:
+    """(codec id, payload) of the smallest encoding of one chunk on its own."""
+    n = len(data)
+    best: Tuple[int, bytes] = (CODEC_RAW, b"")
+    best_size = n
+
+    def offer(codec: int, payload: Optional[bytes]) -> None:
+        nonlocal best, best_size
+        if payload is not None and len(payload) < best_size:
+            best, best_size = (codec, payload), len(payload)
+
+    btype = block_type(dtype)
+    if btype is not None and n % btype.block_bytes == 0:
+        offer(CODEC_BLOCKS, CODECS[CODEC_BLOCKS].encode(data, btype, min_saving_ppm))
+    elif dtype != "RAW":
+        offer(CODEC_PLANES, CODECS[CODEC_PLANES].encode(data, dtype, min_saving_ppm))
+    width = plane_layout(dtype, n)[0]
+    if dtype == "RAW":
+        offer(CODEC_ZSTD, CODECS[CODEC_ZSTD].encode(data, LEVEL_UNTYPED))
+    elif width == 1 or btype is not None or exhaustive:
+        offer(CODEC_ZSTD, CODECS[CODEC_ZSTD].encode(data, LEVEL_TYPED))
+    if best[0] == CODEC_RAW:
+        return CODEC_RAW, bytes(data)
+    return best
 
 
 def encode_chunk(data: memoryview, dtype: str,
-                 min_saving_ppm: int = DEFAULT_MIN_SAVING_PPM) -> Tuple[int, bytes]:
-    """(codec id, payload) of the smallest encoding of one chunk."""
-    payload = CODECS[CODEC_PLANES].encode(data, dtype, min_saving_ppm)
-    if payload is None:
-        return CODEC_RAW, CODECS[CODEC_RAW].encode(data, dtype)
-    return CODEC_PLANES, payload
+                 min_saving_ppm: int = DEFAULT_MIN_SAVING_PPM,
+                 base: Optional[Tuple[int, memoryview]] = None,
+                 exhaustive: bool = False) -> Tuple[int, bytes]:
+    """(codec id, payload) of the smallest encoding of one chunk; with base = (offset in
+    the base file, the base's bytes there), delta encodings compete too."""
+    codec, payload = encode_standalone(data, dtype, min_saving_ppm, exhaustive)
+    if base is not None:
+        delta = CODECS[CODEC_DELTA].encode(data, dtype, base[0], base[1], min_saving_ppm,
+                                           len(payload))
+        if delta is not None:
+            return CODEC_DELTA, delta
+    return codec, payload
 
 
-def decode_chunk(codec_id: int, payload, out: memoryview) -> None:
+def decode_chunk(codec_id: int, payload, out: memoryview,
+                 base_reader: Optional[BaseReader] = None) -> None:
     """Decode payload into out (exactly the chunk's original length)."""
     codec = CODECS.get(codec_id)
     if codec is None:
         raise DecodeError(f"unknown codec id {codec_id}")
-    codec.decode_into(payload, out)
+    if codec_id == CODEC_DELTA:
+        codec.decode_into(payload, out, base_reader)
+    else:
+        codec.decode_into(payload, out)
 
 
 __all__ = [
-    "DEFAULT_MIN_SAVING_PPM", "CODEC_RAW", "CODEC_PLANES", "CODECS", "CODEC_NAMES", "DecodeError", "encode_chunk",
-    "decode_chunk", "DTYPE_CODES", "DTYPE_NAMES", "dtype_code", "dtype_name", "plane_layout",
+    "DEFAULT_MIN_SAVING_PPM", "CODEC_RAW", "CODEC_PLANES", "CODEC_ZSTD", "CODEC_BLOCKS",
+    "CODEC_DELTA", "CODECS", "CODEC_NAMES", "V1_CODECS", "BLOCK_TYPES", "DecodeError",
+    "encode_chunk", "encode_standalone", "decode_chunk", "BaseReader", "DTYPE_CODES",
+    "DTYPE_NAMES", "dtype_code", "dtype_name", "plane_layout", "scratch",
 ]

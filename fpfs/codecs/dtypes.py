@@ -11,6 +11,10 @@ DTYPE_NAMES = (
     "F16", "BF16", "F32", "F64", "C64",
     "F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ",
     "F4", "F6_E2M3", "F6_E3M2",
+    # block-quantized types (fpfs.codecs.blocks), format version 2
+    "GGUF_Q4_0", "GGUF_Q4_1", "GGUF_Q5_0", "GGUF_Q5_1", "GGUF_Q8_0", "GGUF_Q8_1",
+    "GGUF_Q2_K", "GGUF_Q3_K", "GGUF_Q4_K", "GGUF_Q5_K", "GGUF_Q6_K", "GGUF_Q8_K",
+    "GGUF_IQ4_NL", "GGUF_IQ4_XS", "GGUF_MXFP4",
 )
 DTYPE_CODES: Dict[str, int] = {name: i for i, name in enumerate(DTYPE_NAMES)}
 

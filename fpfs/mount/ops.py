@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Optional, Tuple
 
 from .. import SUFFIX
+from ..bases import BASES_DIR
 from ..cache import ChunkCache
 from ..container import is_container
 from ..errors import FpfsError
@@ -72,6 +73,8 @@ class FpfsOperations(fuse.Operations):
         """Backing path for a mount path. The kernel resolves symlinks itself, so a path
         reaching us never crosses one; the check still refuses anything outside the root."""
         rel = path.lstrip("/")
+        if rel.split("/", 1)[0] == BASES_DIR:
+            raise FuseOSError(errno.ENOENT)     # the base store is fpfs's, not the user's
         parent = os.path.realpath(os.path.join(self.root, os.path.dirname(rel)))
         if parent != self.root and not parent.startswith(self.root + os.sep):
             raise FuseOSError(errno.EACCES)
@@ -99,7 +102,7 @@ class FpfsOperations(fuse.Operations):
             if pf is not None and pf.identity == ident:
                 return pf
         try:
-            pf = PackedFile(real, self.cache, self.pool, self.prefetch)
+            pf = PackedFile(real, self.cache, self.pool, self.prefetch, root=self.root)
         except FpfsError as exc:
             log.error("cannot open %s: %s", real, exc)
             raise FuseOSError(errno.EIO) from None
@@ -142,8 +145,8 @@ class FpfsOperations(fuse.Operations):
         present = set(names)
         shown = [".", ".."]
         for name in names:
-            if name.startswith(TMP_PREFIX):
-                continue            # an interrupted writer's temporary file
+            if name.startswith(TMP_PREFIX) or (name == BASES_DIR and real == self.root):
+                continue            # an interrupted writer's temporary file; the base store
             if name.endswith(SUFFIX) and name[:-len(SUFFIX)] and \
                     name[:-len(SUFFIX)] not in present and is_container(os.path.join(real, name)):
                 shown.append(name[:-len(SUFFIX)])

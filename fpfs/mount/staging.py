@@ -1,7 +1,9 @@
 """Writes through a `--writable` mount. A file opened for writing is staged as a hidden
 file beside its target in the backing tree; when the last writer closes it, it is stored
-for good: safetensors content (sniffed, not named) is compressed to TARGET.fpz, anything
-else renamed to TARGET, each atomically (temporary file, fsync, rename). The previous
+for good: content that fpfs recognises (fpfs.formats: sniffed, not named) is compressed to
+TARGET.fpz - as a delta when a file beside it holds the same tensors (a checkpoint saved next
+to the previous one, a fine-tune next to its base) - anything else renamed to TARGET, each
+atomically (temporary file, fsync, rename). The previous
 version stays intact until then, so a crash or a full disk loses at most the file being
 written. Independent of FUSE, so it is tested directly too."""
 from __future__ import annotations
@@ -13,9 +15,10 @@ import threading
 from typing import Dict, Optional
 
 from .. import SUFFIX, tempfiles
-from ..compress import compress_file, write_original
-from ..container import Container
-from ..safetensors_header import is_safetensors
+from ..compress import compress_if_smaller, worth_compressing, write_original
+from ..deltas import choose_base, neighbour_candidates
+from ..formats import detect
+from ..packed_file import PackedFile
 from ..tree import copy_metadata
 
 log = logging.getLogger("fpfs.mount")
@@ -70,8 +73,11 @@ class StagingArea:
             if existing is not None and not truncate:
                 with os.fdopen(os.dup(fd), "wb") as out:
                     if packed:
-                        with Container(existing) as c:
-                            write_original(c, out)
+                        pf = PackedFile(existing, root=self.root)
+                        try:
+                            write_original(pf.container, out)
+                        finally:
+                            pf.close()
                     else:
                         with open(existing, "rb") as src:
                             shutil.copyfileobj(src, out, 1 << 20)
@@ -99,8 +105,14 @@ class StagingArea:
         """Store the staged content as the target's new version (raises OSError, e.g.
         ENOSPC: then the previous version is untouched and the staged data kept)."""
         os.fsync(staged.fd)
-        if is_safetensors(staged.path):
-            compress_file(staged.path, staged.target + SUFFIX)
+        layout = detect(staged.path)
+        stored = None
+        if worth_compressing(layout):
+            candidates = neighbour_candidates(staged.target, self.root)
+            base = choose_base(layout, candidates)
+            stored = compress_if_smaller(staged.path, staged.target + SUFFIX, layout=layout,
+                                         base=base, store_root=self.root)
+        if stored is not None:
             copy_metadata(staged.path, staged.target + SUFFIX)
             _remove_file(staged.target)                  # a plain older version
         else:
