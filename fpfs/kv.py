@@ -17,18 +17,23 @@ from typing import Any, List, Tuple
 import numpy as np
 import xxhash
 
-from .codecs import DecodeError, decode_chunk, dtype_code, dtype_name, encode_chunk
+from .codecs import (CODEC_DELTA, CODECS, V1_CODECS, DecodeError, decode_chunk, dtype_code,
+                     dtype_name, encode_chunk)
 from .container import DEFAULT_CHUNK_SIZE
 from .errors import CorruptContainer, FpfsError
 
 MAGIC = b"FPKV"
-VERSION = 1
+VERSION = 2                 # 2: chunks may use every container codec but DELTA
+READABLE_VERSIONS = (1, 2)  # 1: RAW and PLANES chunks only
 _HEAD = struct.Struct("<4sBBBB")          # magic version dtype framework ndim
 _TAIL = struct.Struct("<QQI")             # nbytes checksum nchunks
 _CHUNK = struct.Struct("<BI")             # codec payload_length
 MAX_NDIM = 16
 SUPPORTED = ("F16", "BF16", "F32", "F8_E4M3", "F8_E5M2")
 _NUMPY, _TORCH = 0, 1
+
+
+KV_CODECS = frozenset(CODECS) - {CODEC_DELTA}
 
 
 class UnsupportedDtype(FpfsError, TypeError):
@@ -103,7 +108,8 @@ def _decode(blob: memoryview, chunk_size: int):
     magic, version, code, framework, ndim = _HEAD.unpack_from(blob, 0)
     if magic != MAGIC:
         bad("bad magic (not produced by fpfs.kv.compress)")
-    if version != VERSION or framework not in (_NUMPY, _TORCH) or ndim > MAX_NDIM:
+    if version not in READABLE_VERSIONS or framework not in (_NUMPY, _TORCH) or \
+            ndim > MAX_NDIM:
         bad(f"unsupported version {version} or header fields")
     name = dtype_name(code)
     if name not in SUPPORTED:
@@ -129,6 +135,8 @@ def _decode(blob: memoryview, chunk_size: int):
         codec, length = _CHUNK.unpack_from(blob, pos + i * _CHUNK.size)
         if data_pos + length > len(blob):
             bad("truncated payload")
+        if codec not in (V1_CODECS if version == 1 else KV_CODECS):
+            bad(f"chunk {i}: codec {codec} not allowed in a version {version} blob")
         try:
             decode_chunk(codec, blob[data_pos:data_pos + length],
                          memoryview(out)[i * chunk_size:min(nbytes, (i + 1) * chunk_size)])

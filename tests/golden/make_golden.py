@@ -36,13 +36,61 @@ def tensors() -> dict:
     }
 
 
+def fine_tuned(t: dict) -> dict:
+    """The float tensors nudged as a few optimizer steps would (for a delta golden file)."""
+    rng = np.random.default_rng(11)
+    out = {}
+    for k, v in t.items():
+        if v.dtype.kind == "f" or v.dtype == ml_dtypes.bfloat16:
+            x = np.asarray(v, dtype=np.float32)
+            noise = rng.standard_normal(x.shape).astype(np.float32) * 1e-3 * np.abs(x)
+            out[k] = np.asarray(x + noise).astype(v.dtype)
+        else:
+            out[k] = v
+    return out
+
+
+def write_torch(path: str) -> None:
+    import torch
+    t = load_real()
+    sd = {k: torch.from_numpy(t[k][:8].copy()) for k in sorted(t)[:6]}
+    sd["bf16"] = sd[sorted(sd)[0]].to(torch.bfloat16)
+    torch.save(sd, path)
+
+
+def write_gguf(path: str) -> None:
+    import gguf
+    real = load_real()["encoder.layer.0.attention.self.query.weight"][:64]
+    w = gguf.GGUFWriter(path, "bert")
+    w.add_tensor("q8", gguf.quants.quantize(real, gguf.GGMLQuantizationType.Q8_0),
+                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("f16", real.astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main() -> None:
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"v{VERSION}")
     os.makedirs(out, exist_ok=True)
     src = os.path.join(out, "mixed.safetensors")
-    save_file(tensors(), src, metadata={"format": "pt", "golden": f"v{VERSION}"})
+    t = tensors()
+    save_file(t, src, metadata={"format": "pt", "golden": f"v{VERSION}"})
     fpfs.compress_file(src, src + ".fpz", chunk_size=16384)
-    print("wrote", src, os.path.getsize(src), "->", os.path.getsize(src + ".fpz"))
+    written = [src]
+    if VERSION >= 2:            # ZSTD, BLOCKS and DELTA chunks, a base store
+        tuned = os.path.join(out, "tuned.safetensors")
+        save_file(fine_tuned(t), tuned, metadata={"format": "pt", "golden": f"v{VERSION}"})
+        fpfs.compress_file(tuned, tuned + ".fpz", chunk_size=16384, base=src + ".fpz")
+        write_torch(os.path.join(out, "model.pt"))
+        write_gguf(os.path.join(out, "q8.gguf"))
+        for name in ("model.pt", "q8.gguf"):
+            path = os.path.join(out, name)
+            fpfs.compress_file(path, path + ".fpz", chunk_size=16384)
+        written += [tuned, os.path.join(out, "model.pt"), os.path.join(out, "q8.gguf")]
+    for path in written:
+        print("wrote", path, os.path.getsize(path), "->", os.path.getsize(path + ".fpz"))
 
 
 if __name__ == "__main__":
