@@ -30,7 +30,9 @@ from tests.weights import load_real  # noqa: E402
 # fpfs dtype each ggml type must be reported as.
 EXPECTED_DTYPE = {name: name for name in ("F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64")}
 # Files written below: kind -> ggml type of the 2-D weights (1-D vectors stay F32, as
-# llama.cpp's converters keep them; rows that are not whole blocks fall back to F16).
+# llama.cpp's converters keep them). Rows that are not whole blocks fall back as in
+# llama.cpp's llama_tensor_get_type: Q4_K to Q5_0 (MiniLM's 384 is 1.5 super-blocks),
+# other types to F16.
 KINDS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "MXFP4")
 
 
@@ -69,8 +71,10 @@ def encode(value: np.ndarray, kind: str) -> Tuple[np.ndarray, Optional[QT]]:
         return value.astype(np.float16), None
     qtype = QT[kind]
     if value.shape[-1] % GGML_QUANT_SIZES[qtype][0]:
-        return value.astype(np.float16), None
-    if kind == "Q4_K":
+        if kind != "Q4_K":
+            return value.astype(np.float16), None
+        qtype = QT.Q5_0
+    if qtype == QT.Q4_K:
         return quantize_q4_k(value), qtype
     return gguf.quants.quantize(value, qtype), qtype
 
@@ -183,7 +187,8 @@ def test_block_types_appear(gguf_files):
     """Each quantized file really holds its block type (not an F16 fallback only)."""
     for kind in ("Q8_0", "Q4_0", "Q4_K", "MXFP4"):
         dtypes = {r.dtype for r in layout_of(gguf_files[kind][0]).tensors()}
-        assert "GGUF_" + kind in dtypes and "F32" in dtypes
+        assert {"GGUF_" + kind, "F32", "I64"} <= dtypes and "F16" not in dtypes
+    assert "GGUF_Q5_0" in {r.dtype for r in layout_of(gguf_files["Q4_K"][0]).tensors()}
 
 
 def test_q4_k_quantizer_is_ggml_q4_k(real):
@@ -267,22 +272,29 @@ def with_data(head: bytes, data: bytes, alignment: int = 32) -> bytes:
     return head + bytes(-len(head) % alignment) + data
 
 
+def one_kv(typed_value: bytes) -> bytes:
+    """A header with no tensors and one KV named "k": typed_value is its type and value."""
+    return header(0, 1) + gstr(b"k") + typed_value
+
+
 HOSTILE = {
     "tensor count 2^64-1": header(2**64 - 1, 0) + bytes(64),
     "kv count 2^63": header(0, 2**63) + bytes(64),
     "kv count just too big": header(0, 5) + bytes(5 * 13 - 1),
     "key length 2^63": header(0, 1) + struct.pack("<Q", 2**63) + bytes(64),
-    "string value length 2^63": header(0, 1) + gstr(b"k") + struct.pack("<IQ", 8, 2**63) + bytes(64),
-    "string value length 2^64-1": header(0, 1) + gstr(b"k") + struct.pack("<IQ", 8, 2**64 - 1),
-    "u8 array length 2^63": header(0, 1) + gstr(b"k") + struct.pack("<IIQ", 9, 0, 2**63) + bytes(64),
-    "u64 array length 2^62": header(0, 1) + gstr(b"k") + struct.pack("<IIQ", 9, 10, 2**62) + bytes(64),
-    "string array length 2^63": header(0, 1) + gstr(b"k") + struct.pack("<IIQ", 9, 8, 2**63) + bytes(64),
-    "string array one too long": header(0, 1) + gstr(b"k") + struct.pack("<IIQ", 9, 8, 9) + bytes(64),
-    "nested array length 2^63": header(0, 1) + gstr(b"k") + struct.pack("<IIQ", 9, 9, 2**63) + bytes(64),
-    "arrays nested 1000 deep": header(0, 1) + gstr(b"k") + struct.pack("<I", 9)
-    + struct.pack("<IQ", 9, 1) * 1000 + struct.pack("<IQ", 0, 0),
-    "unknown value type": header(0, 1) + gstr(b"k") + struct.pack("<I", 13) + bytes(64),
-    "unknown array type": header(0, 1) + gstr(b"k") + struct.pack("<IIQ", 9, 99, 1) + bytes(64),
+    "string value length 2^63": one_kv(struct.pack("<IQ", 8, 2**63) + bytes(64)),
+    "string value length 2^64-1": one_kv(struct.pack("<IQ", 8, 2**64 - 1)),
+    "u8 array length 2^63": one_kv(struct.pack("<IIQ", 9, 0, 2**63) + bytes(64)),
+    "u64 array length 2^62": one_kv(struct.pack("<IIQ", 9, 10, 2**62) + bytes(64)),
+    "string array length 2^63": one_kv(struct.pack("<IIQ", 9, 8, 2**63) + bytes(64)),
+    "string array one too long": one_kv(struct.pack("<IIQ", 9, 8, 9) + bytes(64)),
+    "string in array past EOF": one_kv(struct.pack("<IIQ", 9, 8, 3) + gstr(b"ab")
+                                       + struct.pack("<Q", 2**63) + bytes(64)),
+    "nested array length 2^63": one_kv(struct.pack("<IIQ", 9, 9, 2**63) + bytes(64)),
+    "arrays nested 1000 deep": one_kv(struct.pack("<I", 9) + struct.pack("<IQ", 9, 1) * 1000
+                                      + struct.pack("<IQ", 0, 0)),
+    "unknown value type": one_kv(struct.pack("<I", 13) + bytes(64)),
+    "unknown array type": one_kv(struct.pack("<IIQ", 9, 99, 1) + bytes(64)),
     "tensor name length 2^63": header(1, 0) + struct.pack("<Q", 2**63) + bytes(64),
     "tensor name 1 MiB": header(1, 0) + gstr(b"n" * (1 << 20)) + bytes(64),
     "tensor name not utf-8": header(1, 0) + tensor_info(b"\xff\xfe", [4], 0, 0) + bytes(64),
@@ -381,3 +393,14 @@ def test_fuzz_flips_and_truncation(small_gguf, data):
     found, _ = layout_of_bytes(bytes(buf))
     assert found.format in ("gguf", "bytes")
     assert_tiles(found)
+
+
+@pytest.mark.parametrize("window", [8, 100, 4097])
+def test_layout_does_not_depend_on_read_window(small_gguf, monkeypatch, window):
+    """Tiny read windows cut lengths and strings at every position (the vocabulary's
+    fast path falls back to single reads): the layout must come out the same."""
+    from fpfs.formats._reader import BoundedReader
+    want = layout_of_bytes(small_gguf)[0]
+    monkeypatch.setattr(BoundedReader, "MIN_WINDOW", window)
+    monkeypatch.setattr(BoundedReader, "MAX_WINDOW", window)
+    assert layout_of_bytes(small_gguf)[0] == want and len(want.tensors()) == 4

@@ -112,7 +112,8 @@ def test_every_dtype_and_where_tensors_live(real):
         "i64": (base * 1e6).astype(np.int64), "bool": base > 0,
         "u32": (base * 1e6).astype(np.uint32), "u64": (base * 1e6).astype(np.uint64),
         "c64": base.astype(np.complex64),
-        "e4m3": cast_fp8(base, ml_dtypes.float8_e4m3fn), "e5m2": cast_fp8(base, ml_dtypes.float8_e5m2),
+        "e4m3": cast_fp8(base, ml_dtypes.float8_e4m3fn),
+        "e5m2": cast_fp8(base, ml_dtypes.float8_e5m2),
         "e4m3fnuz": cast_fp8(base, ml_dtypes.float8_e4m3fnuz),
         "e5m2fnuz": cast_fp8(base, ml_dtypes.float8_e5m2fnuz),
         "e8m0": np.abs(base).astype(ml_dtypes.float8_e8m0fnu),
@@ -152,7 +153,8 @@ def test_every_dtype_and_where_tensors_live(real):
                               value=numpy_helper.from_array(const)),
              helper.make_node("If", ["cond"], ["y"], then_branch=then_graph,
                               else_branch=else_graph)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    graph = helper.make_graph(nodes, "g", [cond],
                               [out("y"), out("c")], initializer=inits,
                               sparse_initializer=[sparse])
     data = model_bytes(graph)
@@ -206,7 +208,8 @@ def test_torch_exporter(real, tmp_path):
     with torch.no_grad():
         for mod, src in sources.items():
             for p in ("weight", "bias"):
-                getattr(getattr(layer, mod), p).copy_(torch.from_numpy(real[prefix + src + "." + p]))
+                value = torch.from_numpy(real[f"{prefix}{src}.{p}"])
+                getattr(getattr(layer, mod), p).copy_(value)
     path = str(tmp_path / "layer.onnx")
     import warnings
     with warnings.catch_warnings():
@@ -322,7 +325,8 @@ def small_onnx(real) -> bytes:
              numpy_helper.from_array(real["embeddings.LayerNorm.bias"], "b")]
     nodes = [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(w[:2])),
              helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])
+    graph = helper.make_graph(nodes, "g", [x],
                               [out("y")], initializer=inits)
     return model_bytes(graph, producer_name="fpfs-test")
 
@@ -361,3 +365,54 @@ def test_fuzz_flips_and_truncation(small_onnx, data):
     found, _ = layout_of_bytes(bytes(buf))
     assert found.format in ("onnx", "bytes")
     assert_tiles(found)
+
+
+def test_large_graph_streams_through_windows(real):
+    """A graph of thousands of nodes (larger than any read window, so field headers are
+    cut by window ends) with Constant tensors scattered through it: all found."""
+    consts = {}
+    nodes = []
+    for i in range(6000):
+        if i % 1000 == 999:
+            row = real["encoder.layer.1.output.dense.weight"][i // 1000]
+            value = np.ascontiguousarray(row[:100 + i // 100])
+            consts[f"/block.{i}/Constant"] = value
+            nodes.append(helper.make_node("Constant", [], [f"c{i}"], name=f"/block.{i}/Constant",
+                                          value=numpy_helper.from_array(value)))
+        else:
+            nodes.append(helper.make_node("Gemm", [f"x{i}", "w", "b"], [f"x{i + 1}"],
+                                          name=f"/block.{i}/Gemm", alpha=1.0, transB=1))
+    ln = numpy_helper.from_array(real["embeddings.LayerNorm.weight"], "w")
+    graph = helper.make_graph(nodes, "g", [], [out("x6000")], initializer=[ln])
+    data = model_bytes(graph)
+    assert len(data) > 4 * fonnx._Parser.IN_MEMORY      # streamed, not read whole
+    t0 = time.perf_counter()
+    found, why = layout_of_bytes(data)
+    assert time.perf_counter() - t0 < 5
+    assert found.format == "onnx", why
+    by_name = {r.tensor: r for r in found.tensors()}
+    assert set(by_name) == {"w"} | {k + "/value" for k in consts}
+    for k, value in consts.items():
+        r = by_name[k + "/value"]
+        assert data[r.offset:r.offset + r.length] == value.tobytes() and r.shape == value.shape
+
+
+@pytest.mark.parametrize("window", [33, 100, 4097])
+def test_layout_does_not_depend_on_read_window(small_onnx, real, monkeypatch, window):
+    """Tiny read windows cut field headers, names and packed dims at every position:
+    the layout must come out the same (the big graph is streamed, never read whole)."""
+    from fpfs.formats._reader import BoundedReader
+    w = real["encoder.layer.0.attention.self.query.weight"][:32]
+    nodes = [helper.make_node("Constant", [], [f"c{i}"], name=f"/n.{i}/Constant",
+                              value=numpy_helper.from_array(w[i:i + 1])) for i in range(32)]
+    graph = helper.make_graph(nodes, "g", [], [out("c0")], initializer=[
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(real["embeddings.LayerNorm.weight"], "ln")])
+    samples = [small_onnx, model_bytes(graph)]
+    expected = [layout_of_bytes(s)[0] for s in samples]
+    monkeypatch.setattr(fonnx._Parser, "IN_MEMORY", 64)
+    monkeypatch.setattr(BoundedReader, "MIN_WINDOW", window)
+    monkeypatch.setattr(BoundedReader, "MAX_WINDOW", window)
+    for s, want in zip(samples, expected):
+        assert want.format == "onnx" and len(want.tensors()) >= 4
+        assert layout_of_bytes(s)[0] == want

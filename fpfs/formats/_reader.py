@@ -68,7 +68,7 @@ class BoundedReader:
         return self._buf, start
 
     def _fill(self, n: int, what: str) -> None:
-        if self.pos == self._buf_at + len(self._buf):
+        if self._buf_at <= self.pos <= self._buf_at + len(self._buf):   # reading on
             self._window = min(2 * self._window, self.MAX_WINDOW)
         else:
             self._window = self.MIN_WINDOW

@@ -31,7 +31,7 @@ MAX_GRAPH_DEPTH = 32
 MAX_FIELDS = 1 << 23
 MAX_NAME_BYTES = 1 << 20
 MAX_DIMS = 64
-# The highest IR version sniff() accepts (onnx 1.19 writes 12); leaves room to grow.
+# The highest IR version sniff() accepts (onnx 1.23 writes 14); leaves room to grow.
 MAX_IR_VERSION = 64
 
 # TensorProto.DataType -> (fpfs dtype, bits per element). Not listed (STRING, COMPLEX128,
@@ -103,8 +103,10 @@ def _int64(v: int) -> int:
 
 
 # One decoded field: (field number, wire type, value, payload offset in the file). value
-# is the number for VARINT fields and the payload length for LEN fields.
+# is the number for VARINT fields, the payload length for LEN fields, 0 for fixed-width.
 Field = Tuple[int, int, int, int]
+# Where a message's bytes already are in memory: (buffer, file offset of its first byte).
+Mem = Optional[Tuple[bytes, int]]
 
 
 def _scan(buf: bytes, i: int, end: int, base: int, out: List[Field], limit: int) -> int:
@@ -158,7 +160,8 @@ def _scan(buf: bytes, i: int, end: int, base: int, out: List[Field], limit: int)
             payload = i
             if wire == LEN:
                 if value > end - i:
-                    raise FormatError(f"field of {value} bytes runs past its message at byte {base + at}")
+                    raise FormatError(
+                        f"field of {value} bytes runs past its message at byte {base + at}")
                 i += value
         elif wire == I64 or wire == I32:
             value, payload = 0, i
@@ -186,8 +189,8 @@ class _Parser:
         self.spans: List[TensorSpan] = []
 
     # -- wire format ------------------------------------------------------------------
-    def fields(self, start: int, n: int, mem: Optional[Tuple[bytes, int]]
-               ) -> Tuple[Iterable[Field], Optional[Tuple[bytes, int]]]:
+    def fields(self, start: int, n: int, mem: Mem
+               ) -> Tuple[Iterable[Field], Mem]:
         """The fields of the message at file offset start, n bytes long, and the memory
         (buffer, file offset of its first byte) its payloads can be read from, if any."""
         if mem is None and n <= self.IN_MEMORY:
@@ -199,7 +202,7 @@ class _Parser:
         buf, base = mem
         i, end = start - base, start - base + n
         if _scan(buf, i, end, base, out, n) != end:
-            raise FormatError(f"protobuf field cut off at the end of its message at byte {start + n}")
+            raise FormatError(f"protobuf field cut off by the end of its message at {start + n}")
         self._count(len(out))
         return out, mem
 
@@ -221,14 +224,14 @@ class _Parser:
         if self.n_fields > MAX_FIELDS:
             raise FormatError(f"more than {MAX_FIELDS} protobuf fields")
 
-    def payload(self, pos: int, n: int, mem: Optional[Tuple[bytes, int]]) -> bytes:
+    def payload(self, pos: int, n: int, mem: Mem) -> bytes:
         if mem is not None:
             buf, base = mem
             return buf[pos - base:pos - base + n]
         self.r.pos = pos
         return self.r.take(n, "field")
 
-    def string(self, pos: int, n: int, mem: Optional[Tuple[bytes, int]]) -> str:
+    def string(self, pos: int, n: int, mem: Mem) -> str:
         if n > MAX_NAME_BYTES:
             raise FormatError(f"name of {n} bytes")
         return self.payload(pos, n, mem).decode("utf-8", errors="replace")
@@ -242,116 +245,117 @@ class _Parser:
     def model(self, file_size: int) -> List[TensorSpan]:
         graphs = 0
         fields, mem = self.fields(0, file_size, None)
-        for field, wire, n, pos in fields:
+        for field, wire, size, pos in fields:
             if field == 1:
                 self.expect(wire, VARINT, "ModelProto.ir_version")
             elif field == 7:
                 self.expect(wire, LEN, "ModelProto.graph")
-                self.graph(pos, n, mem, 1)
+                self.graph(pos, size, mem, 1)
                 graphs += 1
             elif field == 20:
                 self.expect(wire, LEN, "ModelProto.training_info")
-                for f2, w2, n2, p2 in self.fields(pos, n, mem)[0]:
+                info, info_mem = self.fields(pos, size, mem)
+                for f2, w2, n2, p2 in info:
                     if f2 in (1, 2):                # initialization, algorithm graphs
                         self.expect(w2, LEN, "TrainingInfoProto graph")
-                        self.graph(p2, n2, mem, 1)
+                        self.graph(p2, n2, info_mem, 1)
         if not graphs:
             raise FormatError("no graph in the model")
         return self.spans
 
-    def graph(self, start: int, n: int, mem, depth: int) -> None:
+    def graph(self, start: int, n: int, mem: Mem, depth: int) -> None:
         if depth > MAX_GRAPH_DEPTH:
             raise FormatError("graphs nested too deeply")
         fields, mem = self.fields(start, n, mem)
-        for field, wire, n, pos in fields:
+        for field, wire, size, pos in fields:
             if field == 5:
                 self.expect(wire, LEN, "GraphProto.initializer")
-                self.tensor(pos, n, mem, "")
+                self.tensor(pos, size, mem, "")
             elif field == 15:
                 self.expect(wire, LEN, "GraphProto.sparse_initializer")
-                self.sparse_tensor(pos, n, mem, "")
+                self.sparse_tensor(pos, size, mem, "")
             elif field == 1:
                 self.expect(wire, LEN, "GraphProto.node")
-                self.node(pos, n, mem, depth)
+                self.node(pos, size, mem, depth)
 
-    def node(self, start: int, n: int, mem, depth: int) -> None:
+    def node(self, start: int, n: int, mem: Mem, depth: int) -> None:
         # Attribute tensors are usually unnamed: they are named after their node.
         name = output = ""
         attributes = []
         fields, mem = self.fields(start, n, mem)
-        for field, wire, n, pos in fields:
+        for field, wire, size, pos in fields:
             if field == 3:
                 self.expect(wire, LEN, "NodeProto.name")
-                name = self.string(pos, n, mem)
+                name = self.string(pos, size, mem)
             elif field == 2 and not output:
                 self.expect(wire, LEN, "NodeProto.output")
-                output = self.string(pos, n, mem)
+                output = self.string(pos, size, mem)
             elif field == 5:
                 self.expect(wire, LEN, "NodeProto.attribute")
-                attributes.append((pos, n))
-        for pos, n in attributes:
-            self.attribute(pos, n, mem, name or output, depth)
+                attributes.append((pos, size))
+        for pos, size in attributes:
+            self.attribute(pos, size, mem, name or output, depth)
 
-    def attribute(self, start: int, n: int, mem, node: str, depth: int) -> None:
+    def attribute(self, start: int, n: int, mem: Mem, node: str, depth: int) -> None:
         fields, mem = self.fields(start, n, mem)
         fields = list(fields)
         holders = [f for f in fields if f[0] in (5, 6, 10, 11, 22, 23)]
         if not holders:
             return              # the common case: an int, float, string or list of them
         name = ""
-        for field, wire, n, pos in fields:
+        for field, wire, size, pos in fields:
             if field == 1:
                 self.expect(wire, LEN, "AttributeProto.name")
-                name = self.string(pos, n, mem)
-        for i, (field, wire, n, pos) in enumerate(holders):
+                name = self.string(pos, size, mem)
+        for i, (field, wire, size, pos) in enumerate(holders):
             self.expect(wire, LEN, "AttributeProto tensor or graph")
             fallback = f"{node}/{name}" if len(holders) == 1 else f"{node}/{name}[{i}]"
             if field in (5, 10):            # t, tensors
-                self.tensor(pos, n, mem, fallback)
+                self.tensor(pos, size, mem, fallback)
             elif field in (22, 23):         # sparse_tensor, sparse_tensors
-                self.sparse_tensor(pos, n, mem, fallback)
+                self.sparse_tensor(pos, size, mem, fallback)
             else:                           # g, graphs
-                self.graph(pos, n, mem, depth + 1)
+                self.graph(pos, size, mem, depth + 1)
 
-    def sparse_tensor(self, start: int, n: int, mem, fallback: str) -> None:
+    def sparse_tensor(self, start: int, n: int, mem: Mem, fallback: str) -> None:
         fields, mem = self.fields(start, n, mem)
-        for field, wire, n, pos in fields:
+        for field, wire, size, pos in fields:
             if field in (1, 2):                     # values, indices
                 self.expect(wire, LEN, "SparseTensorProto tensor")
-                self.tensor(pos, n, mem, fallback + ("" if field == 1 else ".indices"))
+                self.tensor(pos, size, mem, fallback + ("" if field == 1 else ".indices"))
 
-    def tensor(self, start: int, n: int, mem, fallback: str) -> None:
+    def tensor(self, start: int, n: int, mem: Mem, fallback: str) -> None:
         dims: Optional[List[int]] = []
         data_type = 0
         name = ""
         location = 0
         payload: Dict[int, Tuple[int, int]] = {}    # field -> (offset, length)
         fields, mem = self.fields(start, n, mem)
-        for field, wire, n, pos in fields:
+        for field, wire, size, pos in fields:
             if field == 1:                          # dims: unpacked or packed int64
                 if wire == VARINT:
                     if dims is not None:
-                        dims.append(_int64(n))
+                        dims.append(_int64(size))
                 elif wire == LEN:
-                    dims = self.packed_dims(pos, n, mem, dims)
+                    dims = self.packed_dims(pos, size, mem, dims)
                 else:
                     raise FormatError(f"TensorProto.dims has wire type {wire}")
                 if dims is not None and len(dims) > MAX_DIMS:
                     dims = None
             elif field == 2:
                 self.expect(wire, VARINT, "TensorProto.data_type")
-                data_type = n
+                data_type = size
             elif field == 8:
                 self.expect(wire, LEN, "TensorProto.name")
-                name = self.string(pos, n, mem)
+                name = self.string(pos, size, mem)
             elif field == 9:
                 self.expect(wire, LEN, "TensorProto.raw_data")
-                payload[9] = (pos, n)
+                payload[9] = (pos, size)
             elif field in (4, 10) and wire == LEN:  # packed float_data / double_data
-                payload[field] = (pos, n)
+                payload[field] = (pos, size)
             elif field == 14:
                 self.expect(wire, VARINT, "TensorProto.data_location")
-                location = n
+                location = size
         if location == _EXTERNAL or data_type not in ONNX_DTYPES:
             return
         dtype, bits = ONNX_DTYPES[data_type]
@@ -371,7 +375,8 @@ class _Parser:
             shape = tuple(dims)
         self.spans.append(TensorSpan(offset, length, dtype, name or fallback, shape))
 
-    def packed_dims(self, pos: int, n: int, mem, dims: Optional[List[int]]) -> Optional[List[int]]:
+    def packed_dims(self, pos: int, n: int, mem: Mem,
+                    dims: Optional[List[int]]) -> Optional[List[int]]:
         if dims is None or n > 10 * MAX_DIMS:
             return None         # the bytes are skipped; the shape is just unknown
         buf = self.payload(pos, n, mem)
