@@ -213,6 +213,33 @@ def decode_delta(payload: bytes, length: int, base: bytes) -> bytes:
     return bytes(out)
 
 
+def decode_masked(payload: bytes, length: int) -> bytes:
+    """Codec 5: a bitmap of the non-zero elements, then those elements."""
+    _check(len(payload) >= 14, "payload truncated")
+    width, z1 = payload[0], payload[1]
+    z2 = int.from_bytes(payload[2:4], "little")
+    k = int.from_bytes(payload[4:8], "little")
+    mask_codec = payload[8]
+    mask_len = int.from_bytes(payload[9:13], "little")
+    values_codec = payload[13]
+    _check(z1 == 0 and z2 == 0 and width in (1, 2, 4, 8) and length % width == 0, "header")
+    _check(mask_codec in (0, 1, 2) and values_codec in (0, 1, 2), "sub-codecs")
+    count = length // width
+    _check(k <= count and 14 + mask_len <= len(payload), "lengths")
+    mask = decode_chunk(mask_codec, payload[14:14 + mask_len], (count + 7) // 8)
+    bits = [(mask[i // 8] >> (i % 8)) & 1 for i in range(len(mask) * 8)]
+    _check(sum(bits[:count]) == k and not any(bits[count:]), "bitmap")
+    values = decode_chunk(values_codec, payload[14 + mask_len:], k * width)
+    out, j = bytearray(), 0
+    for i in range(count):
+        if bits[i]:
+            out += values[j * width:(j + 1) * width]
+            j += 1
+        else:
+            out += bytes(width)
+    return bytes(out)
+
+
 def decode_chunk(codec: int, payload: bytes, length: int, base: bytes = b"") -> bytes:
     """Decode one chunk payload; base is the whole original base file (codec 4 only)."""
     if codec == 0:
@@ -224,5 +251,7 @@ def decode_chunk(codec: int, payload: bytes, length: int, base: bytes = b"") -> 
         return decode_zstd(payload, length)
     if codec == 3:
         return decode_blocks(payload, length)
+    if codec == 5:
+        return decode_masked(payload, length)
     _check(codec == 4, f"unknown codec {codec}")
     return decode_delta(payload, length, base)

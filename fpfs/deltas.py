@@ -19,8 +19,9 @@ from .container import is_container
 from .formats import Layout, Region, detect, recognise
 from .packed_file import FpzFile, PackedFile
 
-# A base is worth naming only if it matches at least this share of the file's tensor bytes.
-MIN_MATCHED_SHARE = 0.5
+# A base is worth naming only if it matches at least this share of the file's tensor bytes
+# (a training checkpoint at step 0 holds the model but no optimizer state yet: 1/3).
+MIN_MATCHED_SHARE = 0.25
 
 
 def _key(r: Region) -> Tuple[str, Optional[Tuple[int, ...]], int]:

@@ -47,4 +47,4 @@ def test_golden_v2_covers_every_codec():
         if "/v2/" in path:
             with Container(path) as c:
                 codecs |= {int(x) for x in c.table["codec"]}
-    assert codecs == {0, 1, 2, 3, 4}
+    assert codecs == {0, 1, 2, 3, 4, 5}

@@ -7,7 +7,8 @@ id goes into the chunk table. Python decides here; fpfs._kernels loops.
     1 PLANES   byte planes of the elements, each rANS-coded, constant or raw
     2 ZSTD     one zstd frame (untyped bytes, one-byte tensors with exact repeats)
     3 BLOCKS   block-quantized tensors: each struct field gathered and coded on its own
-    4 DELTA    XOR or difference with the same bytes of a base file, then one of 0-3
+    4 DELTA    XOR or difference with the same bytes of a base file, then one of 0-3, 5
+    5 MASKED   a bitmap of the non-zero elements, then the planes of those alone
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from .delta import DeltaCodec
 from .dtypes import DTYPE_CODES, DTYPE_NAMES, dtype_code, dtype_name, plane_layout
 from .errors import DecodeError
 from .general import LEVEL_TYPED, LEVEL_UNTYPED, ZstdCodec
+from .masked import MaskedCodec
 from .planes import DEFAULT_MIN_SAVING_PPM, PlanesCodec, RawCodec, scratch
 
-CODEC_RAW, CODEC_PLANES, CODEC_ZSTD, CODEC_BLOCKS, CODEC_DELTA = 0, 1, 2, 3, 4
+CODEC_RAW, CODEC_PLANES, CODEC_ZSTD, CODEC_BLOCKS, CODEC_DELTA, CODEC_MASKED = range(6)
 CODECS: Dict[int, object] = {c.codec_id: c for c in (
-    RawCodec(), PlanesCodec(), ZstdCodec(), BlocksCodec(), DeltaCodec())}
+    RawCodec(), PlanesCodec(), ZstdCodec(), BlocksCodec(), DeltaCodec(), MaskedCodec())}
 CODEC_NAMES = {cid: c.name for cid, c in CODECS.items()}
 V1_CODECS = frozenset((CODEC_RAW, CODEC_PLANES))   # all a format-version-1 file may use
 
@@ -50,6 +52,7 @@ def encode_standalone(data: memoryview, dtype: str,
         offer(CODEC_BLOCKS, CODECS[CODEC_BLOCKS].encode(data, btype, min_saving_ppm))
     elif dtype != "RAW":
         offer(CODEC_PLANES, CODECS[CODEC_PLANES].encode(data, dtype, min_saving_ppm))
+        offer(CODEC_MASKED, CODECS[CODEC_MASKED].encode(data, dtype, min_saving_ppm))
     width = plane_layout(dtype, n)[0]
     if dtype == "RAW":
         offer(CODEC_ZSTD, CODECS[CODEC_ZSTD].encode(data, LEVEL_UNTYPED))
@@ -89,7 +92,7 @@ def decode_chunk(codec_id: int, payload, out: memoryview,
 
 __all__ = [
     "DEFAULT_MIN_SAVING_PPM", "CODEC_RAW", "CODEC_PLANES", "CODEC_ZSTD", "CODEC_BLOCKS",
-    "CODEC_DELTA", "CODECS", "CODEC_NAMES", "V1_CODECS", "BLOCK_TYPES", "DecodeError",
+    "CODEC_DELTA", "CODEC_MASKED", "CODECS", "CODEC_NAMES", "V1_CODECS", "BLOCK_TYPES", "DecodeError",
     "encode_chunk", "encode_standalone", "decode_chunk", "BaseReader", "DTYPE_CODES",
     "DTYPE_NAMES", "dtype_code", "dtype_name", "plane_layout", "scratch",
 ]

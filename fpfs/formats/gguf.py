@@ -157,7 +157,9 @@ def layout(f: BinaryIO, file_size: int) -> Layout:
         # ggml stores whole blocks per row; anything else is not a tensor of this type.
         if (dims and dims[0] % per_block) or n_values % per_block:
             continue
-        # Spans outside the file or overlapping an earlier one are dropped by tile().
+        # The shape counts elements (not blocks) in numpy order: ggml lists the fastest
+        # dimension first, gguf's reader reverses it. Spans outside the file or
+        # overlapping an earlier one are dropped by tile().
         spans.append(TensorSpan(data_start + offset, n_values // per_block * block_bytes,
                                 dtype, name, tuple(reversed(dims))))
     return Layout(NAME, 0, file_size, tile(spans, 0, file_size))

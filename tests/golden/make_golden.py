@@ -32,6 +32,7 @@ def tensors() -> dict:
         "f64": real[:4].astype(np.float64), "i64": np.arange(100, dtype=np.int64),
         "u16": rng.integers(0, 50, 333).astype(np.uint16), "bool": rng.random(77) < 0.1,
         "zeros": np.zeros(5000, np.float32), "scalar": np.array(3.5, np.float32),
+        "sparse": np.where(rng.random(8192) < 0.6, 0, real.ravel()[:8192]).astype(np.float32),
         "empty": np.zeros((0, 3), np.float16),
     }
 

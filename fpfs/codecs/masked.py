@@ -1,0 +1,87 @@
+"""MASKED (FORMAT.md, codec 5): chunks where many elements are exactly zero.
+
+Optimizer state is like that: AdamW's exp_avg and exp_avg_sq are 0 for every embedding
+row whose token never occurred (47.5 % of all values after a 40-step MiniLM fine-tune), and
+so is a delta wherever a tensor did not change. Byte planes code each plane on its own, so
+a zero element costs about one bit in every plane; a bitmap of the non-zero elements plus
+the planes of those elements alone costs one bit (less, coded) per element in all.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Optional
+
+import numpy as np
+
+from .dtypes import plane_layout
+from .errors import DecodeError
+from .general import LEVEL_TYPED, ZstdCodec
+from .planes import PlanesCodec, RawCodec
+
+_HEAD = struct.Struct("<BBHIBIB")    # width, zero, zero, nonzero count, mask codec,
+#                                       mask length, values codec
+_SUBCODECS = {c.codec_id: c for c in (RawCodec(), PlanesCodec(), ZstdCodec())}
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+# Below this share of zero elements the bitmap costs more than it saves.
+MIN_ZERO_SHARE = 0.1
+
+
+def _smallest(stream: memoryview, dtype: str, min_saving_ppm: int, layout=None):
+    best = (0, bytes(stream))
+    planes = _SUBCODECS[1].encode(stream, dtype, min_saving_ppm, layout)
+    if planes is not None and len(planes) < len(best[1]):
+        best = (1, planes)
+    packed = _SUBCODECS[2].encode(stream, LEVEL_TYPED)
+    if len(packed) < len(best[1]):
+        best = (2, packed)
+    return best
+
+
+class MaskedCodec:
+    codec_id = 5
+    name = "masked"
+
+    def encode(self, data: memoryview, dtype: str, min_saving_ppm: int) -> Optional[bytes]:
+        n = len(data)
+        width, rot = plane_layout(dtype, n)
+        if n == 0:
+            return None
+        elements = np.frombuffer(data, dtype=_UINT[width])
+        nonzero = elements != 0
+        k = int(np.count_nonzero(nonzero))
+        if k > (1 - MIN_ZERO_SHARE) * elements.size:
+            return None
+        mask = np.packbits(nonzero, bitorder="little")
+        mask_codec, mask_body = _smallest(memoryview(mask), "U8", min_saving_ppm)
+        values = np.ascontiguousarray(elements[nonzero]).view(np.uint8)
+        values_codec, values_body = _smallest(memoryview(values), dtype, min_saving_ppm,
+                                              (width, rot) if k else None)
+        payload = _HEAD.pack(width, 0, 0, k, mask_codec, len(mask_body), values_codec) + \
+            mask_body + values_body
+        return payload if len(payload) < n else None
+
+    def decode_into(self, payload, out: memoryview) -> None:
+        payload = memoryview(payload)
+        n = len(out)
+        if len(payload) < _HEAD.size:
+            raise DecodeError("masked payload truncated")
+        width, z1, z2, k, mask_codec, mask_len, values_codec = _HEAD.unpack_from(payload, 0)
+        if z1 or z2 or width not in _UINT or n % width or \
+                mask_codec not in _SUBCODECS or values_codec not in _SUBCODECS:
+            raise DecodeError("masked payload: bad header")
+        count = n // width
+        if k > count or _HEAD.size + mask_len > len(payload):
+            raise DecodeError("masked payload: lengths exceed the chunk")
+        mask = np.empty((count + 7) // 8, dtype=np.uint8)
+        _SUBCODECS[mask_codec].decode_into(payload[_HEAD.size:_HEAD.size + mask_len],
+                                           memoryview(mask))
+        nonzero = np.unpackbits(mask, count=count, bitorder="little").view(bool)
+        if int(np.count_nonzero(nonzero)) != k or \
+                (count % 8 and mask[-1] >> (count % 8)):
+            raise DecodeError("masked payload: bitmap does not match its count")
+        values = np.empty(k * width, dtype=np.uint8)
+        _SUBCODECS[values_codec].decode_into(payload[_HEAD.size + mask_len:],
+                                             memoryview(values))
+        elements = np.frombuffer(out, dtype=_UINT[width])
+        elements[:] = 0
+        elements[nonzero] = values.view(_UINT[width])
