@@ -277,6 +277,46 @@ def cmd_verify(args) -> int:
     return EXIT_FAIL if failed else EXIT_OK
 
 
+def _needed_bases(root: str) -> set:
+    """SHA-256 of every stored base that a container under root needs, directly or
+    through a chain of bases."""
+    from .bases import find_base
+    from .container import Container
+    needed, todo = set(), list(_containers(root))
+    while todo:
+        path = todo.pop()
+        try:
+            with Container(path) as c:
+                ref = c.base
+        except FpfsError:
+            continue                    # a damaged file keeps nothing alive, nor loses it
+        if ref is None or ref.sha256 in needed:
+            continue
+        needed.add(ref.sha256)
+        try:
+            todo.append(find_base(path, ref.sha256, root))
+        except FpfsError:
+            pass
+    return needed
+
+
+def cmd_gc(args) -> int:
+    from .bases import gc
+    if not os.path.isdir(args.path):
+        raise UserError(f"{args.path}: not a directory")
+    removed = []
+    while True:                          # a removed base may have been the last user of its own
+        gone = gc(args.path, _needed_bases(args.path))
+        if not gone:
+            break
+        removed += gone
+    for path in removed:
+        print(f"removed {path}")
+    print(f"{args.path}: {len(removed)} stored base(s) removed (no delta needs them and "
+          f"their files are gone)")
+    return EXIT_OK
+
+
 def cmd_stats(args) -> int:
     files = _containers(args.path)
     if not files:
@@ -381,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "good; 1: at least one file failed.")
     v.add_argument("path", metavar="PATH")
     v.set_defaults(func=cmd_verify)
+
+    g = sub.add_parser("gc", help="free bases that no delta needs any more",
+                       description="A delta keeps its base's data alive in "
+                       f"PATH/{BASES_DIR}/ (a hard link) even after the base file is deleted "
+                       "or replaced. gc removes stored bases that no file under PATH needs "
+                       "and whose own file is gone. Safe to run at any time.")
+    g.add_argument("path", metavar="PATH")
+    g.set_defaults(func=cmd_gc)
 
     s = sub.add_parser("stats", help="sizes, ratios and codec mix per file and dtype")
     s.add_argument("path", metavar="PATH")
