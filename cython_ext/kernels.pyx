@@ -8,6 +8,10 @@ payload before their unchecked inner loops.
 
 include "rans.pxi"
 include "planes.pxi"
+include "transforms.pxi"
+
+cdef extern from *:
+    int __builtin_popcount(unsigned int) nogil
 
 _ERRORS = {
     ERR_TABLE: "malformed rANS frequency table",
@@ -115,3 +119,49 @@ def normalized_freqs(const uint8_t[::1] src) -> list:
     histogram(&src[0], src.shape[0], counts)
     normalize_freqs(counts, src.shape[0], freqs)
     return [freqs[i] for i in range(256)]
+
+
+def delta_apply(uint8_t[::1] out, const uint8_t[::1] base, int transform, int width):
+    """out := base combined with the residual in out (DELTA: 0 XOR, 1 SUB of zigzag
+    w-byte elements)."""
+    cdef Py_ssize_t n = out.shape[0]
+    if base.shape[0] != n:
+        raise ValueError("base and residual differ in length")
+    if transform == 0 and width != 1 or transform == 1 and width not in (2, 4, 8) \
+            or transform not in (0, 1) or n % width:
+        raise ValueError("bad delta transform")
+    if n == 0:
+        return
+    with nogil:
+        if transform == 0:
+            xor_into(&out[0], &base[0], n)
+        elif width == 2:
+            unzigzag_add16(&out[0], &base[0], n // 2)
+        elif width == 4:
+            unzigzag_add32(&out[0], &base[0], n // 4)
+        else:
+            unzigzag_add64(&out[0], &base[0], n // 8)
+
+
+MASK_SLACK = 8     # bytes mask_expand may read past the last value
+
+
+def mask_expand(uint8_t[::1] out, const uint8_t[::1] mask, const uint8_t[::1] values,
+                Py_ssize_t k, int width):
+    """MASKED: scatter the k values (w bytes each) into out where mask bits are set, zeros
+    elsewhere. values must hold k * w + MASK_SLACK bytes. Raises KernelError unless the
+    mask has exactly k bits set, none past the element count."""
+    cdef Py_ssize_t n = out.shape[0], count, found
+    if width not in (1, 2, 4, 8) or n % width:
+        raise ValueError("bad element width")
+    count = n // width
+    if mask.shape[0] != (count + 7) // 8 or k < 0 or values.shape[0] < k * width + MASK_SLACK:
+        raise ValueError("mask or values of the wrong size")
+    if count == 0:
+        return
+    with nogil:
+        found = mask_count(&mask[0], count)
+    if found != k:
+        raise KernelError("masked payload: bitmap does not match its count")
+    with nogil:
+        mask_scatter(&out[0], &mask[0], &values[0], count, width)

@@ -25,7 +25,7 @@ from fpfs.stats import container_stats
 from tests.finetune import make_series
 from tests.mounting import cli, mounted
 
-STEPS = (0, 3, 6)
+STEPS = (0, 2, 4)
 
 
 def digest(path: str) -> str:
@@ -77,13 +77,13 @@ def test_series_is_stored_as_deltas(series, src_tree, packed):
 
 def test_no_delta_and_forced_base(series, src_tree, tmp_path):
     cli("compress", "--no-delta", str(src_tree), str(tmp_path / "plain"), check=True)
-    assert container_stats(fpz(tmp_path / "plain", 6))["base"] is None
+    assert container_stats(fpz(tmp_path / "plain", 4))["base"] is None
     out = tmp_path / "forced.fpz"
-    cli("compress", "--base", series[0], series[6], str(out), check=True)
+    cli("compress", "--base", series[0], series[4], str(out), check=True)
     with Container(str(out)) as c:
         assert c.base.sha256 == hashlib.sha256(open(series[0], "rb").read()).digest()
     with fpfs.open(str(out)) as f:
-        assert hashlib.sha256(f.read()).hexdigest() == digest(series[6])
+        assert hashlib.sha256(f.read()).hexdigest() == digest(series[4])
 
 
 def test_mount_reads_every_file_in_random_order(series, packed, tmp_path):
@@ -110,11 +110,11 @@ def test_fine_tunes_share_their_base_decoded_once(series, tmp_path):
     store = tmp_path / "t"
     store.mkdir()
     fpfs.compress_file(series[0], str(store / "base.fpz"))
-    for step in (3, 6):
+    for step in (2, 4):
         fpfs.compress_file(series[step], str(store / f"ft{step}.fpz"),
                            base=str(store / "base.fpz"))
     cache = ChunkCache(1 << 30)
-    files = [PackedFile(str(store / f"ft{s}.fpz"), cache) for s in (3, 6)]
+    files = [PackedFile(str(store / f"ft{s}.fpz"), cache) for s in (2, 4)]
     for pf in files:
         pf.pread(0, pf.size)
     base_chunks = len(files[0].base.container)
@@ -128,21 +128,21 @@ def test_fine_tunes_share_their_base_decoded_once(series, tmp_path):
 
 
 def test_base_deleted_through_the_mount_while_a_delta_is_read(series, packed, tmp_path):
-    data = open(series[6], "rb").read()
+    data = open(series[4], "rb").read()
     with mounted(str(packed), str(tmp_path / "mnt"), "--writable", "--cache-size", "1M") as m:
-        with open(m.path("checkpoint-6", "model.safetensors"), "rb") as f:
+        with open(m.path("checkpoint-4", "model.safetensors"), "rb") as f:
             head = f.read(len(data) // 2)
-            for step in (0, 3):
+            for step in (0, 2):
                 os.unlink(m.path(f"checkpoint-{step}", "model.safetensors"))
             rest = f.read()
         assert head + rest == data
         assert not os.path.exists(m.path("checkpoint-0", "model.safetensors"))
     assert cli("verify", str(packed)).returncode == 0
     with mounted(str(packed), str(tmp_path / "mnt2")) as m:
-        assert digest(m.path("checkpoint-6", "model.safetensors")) == digest(series[6])
+        assert digest(m.path("checkpoint-4", "model.safetensors")) == digest(series[4])
     # gc keeps what deltas still need
     res = cli("gc", str(packed), check=True)
-    assert digest_of_fpz(fpz(packed, 6)) == digest(series[6])
+    assert digest_of_fpz(fpz(packed, 4)) == digest(series[4])
     assert "0 stored base" in res.stdout
 
 
@@ -157,10 +157,10 @@ def test_base_missing_is_a_clear_error(series, packed, tmp_path):
     res = cli("verify", str(packed))
     assert res.returncode == 1 and "missing" in res.stdout and "Traceback" not in res.stdout
     with pytest.raises(MissingBase):
-        fpfs.open(fpz(packed, 3))
+        fpfs.open(fpz(packed, 2))
     with mounted(str(packed), str(tmp_path / "mnt")) as m:
         with pytest.raises(OSError) as info:
-            open(m.path("checkpoint-3", "model.safetensors"), "rb").read()
+            open(m.path("checkpoint-2", "model.safetensors"), "rb").read()
         assert info.value.errno == 5
         assert "base" in m.log() and "missing" in m.log()
 
@@ -170,16 +170,16 @@ def test_base_corrupted_gives_eio_naming_the_base(series, packed, tmp_path):
         sha = c.sha256
         i = len(c) // 2
         off = int(c.table[i]["comp_offset"]) + 100
-    stored = find_base(fpz(packed, 3), sha)
+    stored = find_base(fpz(packed, 2), sha)
     with open(stored, "r+b") as f:          # the hard link: the visible base is damaged too
         f.seek(off)
         b = f.read(1)
         f.seek(off)
         f.write(bytes([b[0] ^ 0xFF]))
-    assert cli("verify", fpz(packed, 3)).returncode == 1
+    assert cli("verify", fpz(packed, 2)).returncode == 1
     with mounted(str(packed), str(tmp_path / "mnt")) as m:
         with pytest.raises(OSError) as info:
-            open(m.path("checkpoint-3", "model.safetensors"), "rb").read()
+            open(m.path("checkpoint-2", "model.safetensors"), "rb").read()
         assert info.value.errno == 5
         assert sha.hex() in m.log() or "checkpoint-0" in m.log()
 
@@ -189,8 +189,8 @@ def test_other_shapes_are_never_a_base(series, tmp_path):
     reshaped = {k: (v.reshape(-1) if v.dim() == 2 else v) for k, v in t.items()}
     save_file(reshaped, str(tmp_path / "flat.safetensors"))
     other = detect(str(tmp_path / "flat.safetensors"))
-    assert choose_base(detect(series[3]), [("flat", other)]) is None
-    assert choose_base(detect(series[3]), [("flat", other), ("base", detect(series[0]))]) \
+    assert choose_base(detect(series[2]), [("flat", other)]) is None
+    assert choose_base(detect(series[2]), [("flat", other), ("base", detect(series[0]))]) \
         == "base"
 
 
@@ -199,11 +199,11 @@ def test_checkpoint_saved_into_writable_mount_is_a_delta(series, tmp_path):
     (backing / "checkpoint-0").mkdir(parents=True)
     fpfs.compress_file(series[0], str(backing / "checkpoint-0" / "model.safetensors.fpz"))
     with mounted(str(backing), str(tmp_path / "mnt"), "--writable") as m:
-        os.mkdir(m.path("checkpoint-3"))
-        save_file(load_file(series[3]), m.path("checkpoint-3", "model.safetensors"))
-        got = load_file(m.path("checkpoint-3", "model.safetensors"))
-        want = load_file(series[3])
+        os.mkdir(m.path("checkpoint-2"))
+        save_file(load_file(series[2]), m.path("checkpoint-2", "model.safetensors"))
+        got = load_file(m.path("checkpoint-2", "model.safetensors"))
+        want = load_file(series[2])
         assert all(torch.equal(got[k], want[k]) for k in want)
-    s = container_stats(str(backing / "checkpoint-3" / "model.safetensors.fpz"))
+    s = container_stats(str(backing / "checkpoint-2" / "model.safetensors.fpz"))
     assert s["base"] is not None and s["ratio"] < 0.2
     assert cli("verify", str(backing)).returncode == 0

@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from .. import _kernels
 from .dtypes import plane_layout
 from .errors import DecodeError
 
@@ -28,14 +29,6 @@ def _zigzag_sub(new: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
     d = new.view(u) - base.view(u)                       # wraps: exact in two's complement
     z = (d << u(1)) ^ (d.view(_INT[width]) >> (bits - 1)).view(u)
     return z.view(np.uint8)
-
-
-def _unzigzag_add(residual: np.ndarray, base: np.ndarray, width: int) -> None:
-    """residual (in place) := base + unzigzag(residual)."""
-    u = _UINT[width]
-    z = residual.view(u)
-    d = (z >> u(1)) ^ (-(z & u(1)).view(_INT[width])).view(u)
-    np.add(d, base.view(u), out=z)
 
 
 class DeltaCodec:
@@ -86,8 +79,4 @@ class DeltaCodec:
         base = np.frombuffer(base_reader(base_offset, n), dtype=np.uint8)
         if base.size != n:
             raise DecodeError("base file too short for a delta chunk")
-        residual = np.frombuffer(out, dtype=np.uint8)
-        if transform == XOR:
-            np.bitwise_xor(residual, base, out=residual)
-        else:
-            _unzigzag_add(residual, base, width)
+        _kernels.delta_apply(out, base, transform, width)

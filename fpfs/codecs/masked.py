@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 
+from .. import _kernels
 from .dtypes import plane_layout
 from .errors import DecodeError
 from .general import LEVEL_TYPED, ZstdCodec
@@ -75,13 +76,10 @@ class MaskedCodec:
         mask = np.empty((count + 7) // 8, dtype=np.uint8)
         _SUBCODECS[mask_codec].decode_into(payload[_HEAD.size:_HEAD.size + mask_len],
                                            memoryview(mask))
-        nonzero = np.unpackbits(mask, count=count, bitorder="little").view(bool)
-        if int(np.count_nonzero(nonzero)) != k or \
-                (count % 8 and mask[-1] >> (count % 8)):
-            raise DecodeError("masked payload: bitmap does not match its count")
-        values = np.empty(k * width, dtype=np.uint8)
+        values = np.empty(k * width + _kernels.MASK_SLACK, dtype=np.uint8)
         _SUBCODECS[values_codec].decode_into(payload[_HEAD.size + mask_len:],
-                                             memoryview(values))
-        elements = np.frombuffer(out, dtype=_UINT[width])
-        elements[:] = 0
-        elements[nonzero] = values.view(_UINT[width])
+                                             memoryview(values)[:k * width])
+        try:
+            _kernels.mask_expand(out, mask, values, k, width)
+        except _kernels.KernelError as exc:
+            raise DecodeError(str(exc)) from None
