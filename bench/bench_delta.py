@@ -6,7 +6,7 @@ in one run, each peer's output checked to restore the file (bench/peers.py).
     python bench/bench_delta.py [--work DIR] [--repeat 3]
 
 Data: a real fine-tune of all-MiniLM-L6-v2 (tests/finetune.py: AdamW on real English
-text), BF16 safetensors at steps 0 (the base), 40, 50, 80, 120; its FP32 training
+text), BF16 safetensors at steps 0 (the base), 40, 80, 120; its FP32 training
 checkpoints (model + AdamW state) at steps 0, 40, 80, 120. Reported:
   1. each fine-tune given the base (step 0) and given the previous step, % of its size;
   2. four checkpoints of one run (steps 0, 40, 80, 120) compressed as a tree, % of total;
@@ -33,7 +33,7 @@ from bench._common import cli, mounted, status  # noqa: E402
 from tests.finetune import make_series  # noqa: E402
 
 DELTA_PEERS = ("z4ai", "lmz", "glyd", "zipnn", "zstd")
-STEPS = (0, 40, 50, 80, 120)
+STEPS = (0, 40, 80, 120)
 
 
 def tree_ratio(files, work: str, name: str) -> tuple:

@@ -143,7 +143,7 @@ def delta_apply(uint8_t[::1] out, const uint8_t[::1] base, int transform, int wi
             unzigzag_add64(&out[0], &base[0], n // 8)
 
 
-MASK_SLACK = 8     # bytes mask_expand may read past the last value
+MASK_SLACK = 64    # bytes mask_expand may read past the last value (8 elements of 8)
 
 
 def mask_expand(uint8_t[::1] out, const uint8_t[::1] mask, const uint8_t[::1] values,

@@ -71,12 +71,18 @@ class PackedFile:
 
     def read_cached(self, offset: int, size: int) -> np.ndarray:
         """size original bytes at offset, every chunk through the cache (the read path of a
-        base: the fine-tunes that share it then share its decoded chunks too)."""
-        out = np.empty(size, dtype=np.uint8)
+        base: the fine-tunes that share it then share its decoded chunks too). Read-only:
+        a range inside one chunk is a view of the cached chunk, not a copy."""
         pos, end = offset, offset + size
         if end > self.size or offset < 0:
             raise CorruptContainer(f"{self.path}: a delta reads past the end of its base")
         plen = len(self._prefix)
+        if pos >= plen and size:
+            index = self.container.chunk_index(pos)
+            start, length = self.container.chunk_span(index)
+            if end <= start + length:       # the usual case: same layout, aligned chunks
+                return self.chunk(index)[pos - start:end - start]
+        out = np.empty(size, dtype=np.uint8)
         if pos < min(end, plen):
             stop = min(end, plen)
             out[:stop - pos] = self._prefix[pos:stop]

@@ -9,6 +9,7 @@ the planes of those elements alone costs one bit (less, coded) per element in al
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Optional
 
 import numpy as np
@@ -25,6 +26,18 @@ _SUBCODECS = {c.codec_id: c for c in (RawCodec(), PlanesCodec(), ZstdCodec())}
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 # Below this share of zero elements the bitmap costs more than it saves.
 MIN_ZERO_SHARE = 0.1
+
+
+_local = threading.local()
+
+
+def _buffer(name: str, n: int) -> np.ndarray:
+    """A per-thread work buffer of exactly n bytes (reused: fresh buffers page-fault)."""
+    buf = getattr(_local, name, None)
+    if buf is None or buf.size < n:
+        buf = np.empty(max(n, 1 << 16), dtype=np.uint8)
+        setattr(_local, name, buf)
+    return buf[:n]
 
 
 def _smallest(stream: memoryview, dtype: str, min_saving_ppm: int, layout=None):
@@ -73,10 +86,10 @@ class MaskedCodec:
         count = n // width
         if k > count or _HEAD.size + mask_len > len(payload):
             raise DecodeError("masked payload: lengths exceed the chunk")
-        mask = np.empty((count + 7) // 8, dtype=np.uint8)
+        mask = _buffer("mask", (count + 7) // 8)
         _SUBCODECS[mask_codec].decode_into(payload[_HEAD.size:_HEAD.size + mask_len],
                                            memoryview(mask))
-        values = np.empty(k * width + _kernels.MASK_SLACK, dtype=np.uint8)
+        values = _buffer("values", k * width + _kernels.MASK_SLACK)
         _SUBCODECS[values_codec].decode_into(payload[_HEAD.size + mask_len:],
                                              memoryview(values)[:k * width])
         try:
