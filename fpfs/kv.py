@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import xxhash
 
 from .codecs import (CODEC_DELTA, CODECS, V1_CODECS, DecodeError, decode_chunk, dtype_code,
                      dtype_name, encode_chunk)
-from .container import DEFAULT_CHUNK_SIZE
+from .container import DEFAULT_CHUNK_SIZE, validate_chunk_size
 from .errors import CorruptContainer, FpfsError
 
 MAGIC = b"FPKV"
@@ -27,6 +27,11 @@ VERSION = 2                 # 2: chunks may use every container codec but DELTA
 READABLE_VERSIONS = (1, 2)  # 1: RAW and PLANES chunks only
 _HEAD = struct.Struct("<4sBBBB")          # magic version dtype framework ndim
 _TAIL = struct.Struct("<QQI")             # nbytes checksum nchunks
+_CHUNK_SIZE = struct.Struct("<I")         # v2: chunk size, after the tail
+# One-byte K/V (FP8) repeats whole rows far apart (the same token at the same position in
+# every sequence of layer 0); 256 KiB chunks cannot see that, one chunk of the whole tensor
+# can: up to this size, compress() tries both and keeps the smaller.
+MAX_WHOLE_CHUNK = 64 * 1024 * 1024
 _CHUNK = struct.Struct("<BI")             # codec payload_length
 MAX_NDIM = 16
 SUPPORTED = ("F16", "BF16", "F32", "F8_E4M3", "F8_E5M2")
@@ -72,26 +77,39 @@ def _as_bytes(tensor: Any) -> Tuple[str, int, Tuple[int, ...], np.ndarray]:
     return names[arr.dtype], _NUMPY, shape, arr.reshape(-1).view(np.uint8)
 
 
-def compress(tensor: Any, chunk_size: int = DEFAULT_CHUNK_SIZE) -> bytes:
-    """Losslessly compress a K/V tensor; shape, dtype and framework are kept."""
+def compress(tensor: Any, chunk_size: Optional[int] = None) -> bytes:
+    """Losslessly compress a K/V tensor; shape, dtype and framework are kept. chunk_size:
+    original bytes per independently coded chunk (default: 256 KiB, or the whole tensor
+    for one-byte dtypes when that is smaller)."""
     name, framework, shape, raw = _as_bytes(tensor)
     if len(shape) > MAX_NDIM:
         raise ValueError(f"at most {MAX_NDIM} dimensions")
     view = memoryview(raw)
-    parts: List[bytes] = []
-    entries: List[bytes] = []
-    for off in range(0, len(view), chunk_size):
-        codec, payload = encode_chunk(view[off:off + chunk_size], name)
-        entries.append(_CHUNK.pack(codec, len(payload)))
-        parts.append(payload)
     head = _HEAD.pack(MAGIC, VERSION, dtype_code(name), framework, len(shape))
     dims = struct.pack(f"<{len(shape)}Q", *shape)
-    tail = _TAIL.pack(len(view), _checksum(view, head + dims), len(parts))
-    return b"".join([head, dims, tail, *entries, *parts])
+    tail = _TAIL.pack
+    sizes = [validate_chunk_size(chunk_size)] if chunk_size else [DEFAULT_CHUNK_SIZE]
+    if chunk_size is None and _numpy_dtypes()[name].itemsize == 1 and \
+            DEFAULT_CHUNK_SIZE < len(view) <= MAX_WHOLE_CHUNK:
+        sizes.append(len(view))
+    best: Optional[List[bytes]] = None
+    for size in sizes:
+        parts: List[bytes] = []
+        entries: List[bytes] = []
+        for off in range(0, len(view), size):
+            codec, payload = encode_chunk(view[off:off + size], name)
+            entries.append(_CHUNK.pack(codec, len(payload)))
+            parts.append(payload)
+        body = [tail(len(view), _checksum(view, head + dims), len(parts)),
+                _CHUNK_SIZE.pack(size), *entries, *parts]
+        if best is None or sum(map(len, body)) < sum(map(len, best)):
+            best = body
+    return b"".join([head, dims, *best])
 
 
 def decompress(blob: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Any:
-    """Inverse of compress. Raises CorruptContainer for damaged or foreign buffers."""
+    """Inverse of compress. Raises CorruptContainer for damaged or foreign buffers.
+    chunk_size only matters for version-1 blobs (later ones record it)."""
     name, framework, shape, out = _decode(memoryview(blob), chunk_size)
     if framework == _TORCH:
         import torch
@@ -120,6 +138,13 @@ def _decode(blob: memoryview, chunk_size: int):
     shape = struct.unpack_from(f"<{ndim}Q", blob, _HEAD.size)
     nbytes, csum, nchunks = _TAIL.unpack_from(blob, pos)
     pos += _TAIL.size
+    if version >= 2:
+        if len(blob) < pos + _CHUNK_SIZE.size:
+            bad("truncated header")
+        (chunk_size,) = _CHUNK_SIZE.unpack_from(blob, pos)
+        pos += _CHUNK_SIZE.size
+        if chunk_size == 0 or chunk_size > max(MAX_WHOLE_CHUNK, DEFAULT_CHUNK_SIZE):
+            bad(f"chunk size {chunk_size}")
     itemsize = _numpy_dtypes()[name].itemsize
     extent = 1                  # numpy refuses shapes whose non-zero dims overflow intp
     for dim in shape:

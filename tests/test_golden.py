@@ -48,3 +48,22 @@ def test_golden_v2_covers_every_codec():
             with Container(path) as c:
                 codecs |= {int(x) for x in c.table["codec"]}
     assert codecs == {0, 1, 2, 3, 4, 5}
+
+
+KV_GOLDEN = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "golden", "v*",
+                                          "kv-*.fpkv")))
+
+
+@pytest.mark.parametrize("path", KV_GOLDEN, ids=os.path.basename)
+def test_golden_kv_blobs_decode(path):
+    """FPKV blobs of every version decode to the bytes they were made from."""
+    import numpy as np
+    import fpfs.kv
+    want = np.load(path[:-len(".fpkv")] + ".npy")
+    with open(path, "rb") as f:
+        got = fpfs.kv.decompress(f.read())
+    assert np.asarray(got).view(np.uint8).tobytes() == want.tobytes()
+
+
+def test_golden_kv_blobs_exist():
+    assert {os.path.basename(os.path.dirname(p)) for p in KV_GOLDEN} >= {"v1", "v2"}
