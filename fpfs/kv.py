@@ -17,7 +17,7 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 import xxhash
 
-from .codecs import (CODEC_DELTA, CODECS, V1_CODECS, DecodeError, decode_chunk, dtype_code,
+from .codecs import (CODEC_DELTA, CODEC_ZSTD, CODECS, V1_CODECS, DecodeError, decode_chunk, dtype_code,
                      dtype_name, encode_chunk)
 from .container import DEFAULT_CHUNK_SIZE, validate_chunk_size
 from .errors import CorruptContainer, FpfsError
@@ -32,6 +32,7 @@ _CHUNK_SIZE = struct.Struct("<I")         # v2: chunk size, after the tail
 # every sequence of layer 0); 256 KiB chunks cannot see that, one chunk of the whole tensor
 # can: up to this size, compress() tries both and keeps the smaller.
 MAX_WHOLE_CHUNK = 64 * 1024 * 1024
+WHOLE_ZSTD_LEVEL = 9        # repeats are what pays there; a deeper search finds more
 _CHUNK = struct.Struct("<BI")             # codec payload_length
 MAX_NDIM = 16
 SUPPORTED = ("F16", "BF16", "F32", "F8_E4M3", "F8_E5M2")
@@ -98,6 +99,10 @@ def compress(tensor: Any, chunk_size: Optional[int] = None) -> bytes:
         entries: List[bytes] = []
         for off in range(0, len(view), size):
             codec, payload = encode_chunk(view[off:off + size], name)
+            if size == len(view) and size > DEFAULT_CHUNK_SIZE:     # the whole-tensor try
+                deeper = CODECS[CODEC_ZSTD].encode(view, WHOLE_ZSTD_LEVEL)
+                if len(deeper) < len(payload):
+                    codec, payload = CODEC_ZSTD, deeper
             entries.append(_CHUNK.pack(codec, len(payload)))
             parts.append(payload)
         body = [tail(len(view), _checksum(view, head + dims), len(parts)),
