@@ -124,6 +124,9 @@ def merge_planes(planes: List[bytes], width: int, rot: int) -> bytes:
 
 def decode_planes(payload: bytes, length: int) -> bytes:
     """Decode a PLANES payload (FORMAT.md, codec 1) of a chunk of `length` original bytes."""
+    if length == 0:     # MASKED values when k = 0: the payload of no bytes is empty
+        _check(len(payload) == 0, "payload for an empty chunk")
+        return b""
     _check(len(payload) >= 2, "payload truncated")
     width, rot = payload[0], payload[1]
     _check(width in (1, 2, 4, 8) and rot < 8 * width and (width > 1 or rot == 0)
@@ -155,6 +158,9 @@ def decode_zstd(payload: bytes, length: int) -> bytes:
     """Codec 2. zstd is its own format (RFC 8878); its reference is the zstd library."""
     import zstandard
     try:
+        # "whatever the frame header claims": the library allocates the claimed content
+        # size before max_output_size is looked at, so the claim is checked first.
+        _check(zstandard.frame_content_size(payload) in (-1, length), "zstd frame length")
         out = zstandard.ZstdDecompressor().decompress(payload, max_output_size=max(length, 1))
     except zstandard.ZstdError as exc:
         raise ReferenceError(f"zstd: {exc}") from None

@@ -46,7 +46,12 @@ class ZstdCodec:
     def decode_into(self, payload, out: memoryview) -> None:
         n = len(out)
         try:
-            # max_output_size bounds the allocation whatever the frame header claims.
+            # zstandard allocates the content size the frame header claims, whatever
+            # max_output_size says (a forged 2^40 is a MemoryError, 2^30 a 1 GiB buffer):
+            # check it first. -1: not in the header, the output is then bounded at n.
+            claimed = zstandard.frame_content_size(payload)
+            if claimed not in (-1, n):
+                raise DecodeError(f"zstd frame header says {claimed} bytes, chunk has {n}")
             data = _decompressor().decompress(payload, max_output_size=max(n, 1))
         except zstandard.ZstdError as exc:
             raise DecodeError(f"zstd: {exc}") from None

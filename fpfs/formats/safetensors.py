@@ -45,8 +45,10 @@ def layout(f: BinaryIO, file_size: int) -> Layout:
 def layout_from_header(raw: bytes, file_size: int) -> Layout:
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"header is not valid JSON ({exc})") from None
+    # ValueError, not just JSONDecodeError: an integer literal of more than 4300 digits
+    # raises a plain ValueError (int_max_str_digits) from inside the JSON parser.
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FormatError(f"header is not valid JSON ({str(exc)[:200]})") from None
     except RecursionError:      # hostile nesting ('[[[[...') would otherwise escape as a crash
         raise FormatError("header JSON is nested too deeply") from None
     if not isinstance(header, dict):
