@@ -7,7 +7,9 @@ extensions = [
         "fpfs._kernels",
         ["cython_ext/kernels.pyx"],
         extra_compile_args=["-O3"],
-        depends=["cython_ext/rans.pxi", "cython_ext/planes.pxi", "cython_ext/transforms.pxi"],
+        include_dirs=["cython_ext"],
+        depends=["cython_ext/rans.pxi", "cython_ext/planes.pxi", "cython_ext/transforms.pxi",
+                 "cython_ext/fpfs_decode.h"],
     )
 ]
 

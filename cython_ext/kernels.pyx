@@ -10,8 +10,7 @@ include "rans.pxi"
 include "planes.pxi"
 include "transforms.pxi"
 
-cdef extern from *:
-    int __builtin_popcount(unsigned int) nogil
+fpfs_decode_init()
 
 _ERRORS = {
     ERR_TABLE: "malformed rANS frequency table",
@@ -125,25 +124,18 @@ def delta_apply(uint8_t[::1] out, const uint8_t[::1] base, int transform, int wi
     """out := base combined with the residual in out (DELTA: 0 XOR, 1 SUB of zigzag
     w-byte elements)."""
     cdef Py_ssize_t n = out.shape[0]
+    cdef int rc
     if base.shape[0] != n:
         raise ValueError("base and residual differ in length")
-    if transform == 0 and width != 1 or transform == 1 and width not in (2, 4, 8) \
-            or transform not in (0, 1) or n % width:
-        raise ValueError("bad delta transform")
     if n == 0:
         return
     with nogil:
-        if transform == 0:
-            xor_into(&out[0], &base[0], n)
-        elif width == 2:
-            unzigzag_add16(&out[0], &base[0], n // 2)
-        elif width == 4:
-            unzigzag_add32(&out[0], &base[0], n // 4)
-        else:
-            unzigzag_add64(&out[0], &base[0], n // 8)
+        rc = fpfs_delta_apply(&out[0], &base[0], n, transform, width)
+    if rc != OK:
+        raise ValueError("bad delta transform")
 
 
-MASK_SLACK = 64    # bytes mask_expand may read past the last value (8 elements of 8)
+MASK_SLACK = FPFS_MASK_SLACK    # bytes mask_expand may read past the last value
 
 
 def mask_expand(uint8_t[::1] out, const uint8_t[::1] mask, const uint8_t[::1] values,
@@ -151,7 +143,8 @@ def mask_expand(uint8_t[::1] out, const uint8_t[::1] mask, const uint8_t[::1] va
     """MASKED: scatter the k values (w bytes each) into out where mask bits are set, zeros
     elsewhere. values must hold k * w + MASK_SLACK bytes. Raises KernelError unless the
     mask has exactly k bits set, none past the element count."""
-    cdef Py_ssize_t n = out.shape[0], count, found
+    cdef Py_ssize_t n = out.shape[0], count
+    cdef int rc
     if width not in (1, 2, 4, 8) or n % width:
         raise ValueError("bad element width")
     count = n // width
@@ -160,8 +153,6 @@ def mask_expand(uint8_t[::1] out, const uint8_t[::1] mask, const uint8_t[::1] va
     if count == 0:
         return
     with nogil:
-        found = mask_count(&mask[0], count)
-    if found != k:
+        rc = fpfs_mask_expand(&out[0], &mask[0], &values[0], count, k, width)
+    if rc != OK:
         raise KernelError("masked payload: bitmap does not match its count")
-    with nogil:
-        mask_scatter(&out[0], &mask[0], &values[0], count, width)

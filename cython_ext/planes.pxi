@@ -55,38 +55,6 @@ cdef void split_planes(const uint8_t* src, Py_ssize_t n, int width, int rot,
                 dst[j * n + i] = (v64 >> (56 - 8 * j)) & 0xFF
 
 
-cdef void merge_planes(const uint8_t* src, Py_ssize_t n, int width, int rot,
-                       uint8_t* dst) noexcept nogil:
-    """Inverse of split_planes."""
-    cdef Py_ssize_t i
-    cdef int j
-    cdef uint16_t v16
-    cdef uint32_t v32
-    cdef uint64_t v64
-    cdef const uint8_t* p0 = src
-    cdef const uint8_t* p1 = src + n
-    cdef const uint8_t* p2 = src + 2 * n
-    cdef const uint8_t* p3 = src + 3 * n
-    if width == 1:
-        memcpy(dst, src, n)
-    elif width == 2:
-        for i in range(n):
-            v16 = _rotl16(<uint16_t>((p0[i] << 8) | p1[i]), (16 - rot) & 15)
-            memcpy(dst + 2 * i, &v16, 2)
-    elif width == 4:
-        for i in range(n):
-            v32 = (<uint32_t>p0[i] << 24) | (<uint32_t>p1[i] << 16) | (<uint32_t>p2[i] << 8) | p3[i]
-            v32 = _rotl32(v32, (32 - rot) & 31)
-            memcpy(dst + 4 * i, &v32, 4)
-    else:
-        for i in range(n):
-            v64 = 0
-            for j in range(8):
-                v64 = (v64 << 8) | src[j * n + i]
-            v64 = _rotl64(v64, (64 - rot) & 63)
-            memcpy(dst + 8 * i, &v64, 8)
-
-
 cdef Py_ssize_t encode_planes(const uint8_t* src, Py_ssize_t nbytes, int width, int rot,
                               uint8_t* scratch, uint8_t* dst, Py_ssize_t cap,
                               Py_ssize_t min_saving_ppm) noexcept nogil:
@@ -138,55 +106,6 @@ cdef Py_ssize_t encode_planes(const uint8_t* src, Py_ssize_t nbytes, int width, 
     return pos if pos < cap else 0
 
 
-cdef int decode_planes(const uint8_t* src, Py_ssize_t srclen, uint8_t* out,
-                       Py_ssize_t nbytes, uint8_t* scratch) noexcept nogil:
-    """Decode a PLANES payload into exactly nbytes of out; scratch must hold nbytes.
-    The header and every plane length are validated before any plane is decoded."""
-    cdef int width, rot, j, rc, mode
-    cdef Py_ssize_t n, pos, length
-    cdef Py_ssize_t total
-    cdef uint8_t* planes
-    if srclen < PLANES_HEADER:
-        return ERR_LAYOUT
-    width = src[0]
-    rot = src[1]
-    if width != 1 and width != 2 and width != 4 and width != 8:
-        return ERR_LAYOUT
-    if rot >= 8 * width or (width == 1 and rot != 0) or nbytes % width:
-        return ERR_LAYOUT
-    n = nbytes // width
-    pos = PLANES_HEADER + PLANE_ENTRY * width
-    if srclen < pos:
-        return ERR_LAYOUT
-    total = pos
-    for j in range(width):
-        mode = src[PLANES_HEADER + PLANE_ENTRY * j]
-        length = _rd32(src + PLANES_HEADER + PLANE_ENTRY * j + 1)
-        if mode == PLANE_RAW:
-            if length != n:
-                return ERR_LAYOUT
-        elif mode == PLANE_CONST:
-            if length != 1:
-                return ERR_LAYOUT
-        elif mode != PLANE_RANS:
-            return ERR_LAYOUT
-        total += length
-    if total != srclen:
-        return ERR_LAYOUT
-    # Width 1 needs no merge: decode straight into the output.
-    planes = out if width == 1 else scratch
-    for j in range(width):
-        mode = src[PLANES_HEADER + PLANE_ENTRY * j]
-        length = _rd32(src + PLANES_HEADER + PLANE_ENTRY * j + 1)
-        if mode == PLANE_RAW:
-            memcpy(planes + j * n, src + pos, n)
-        elif mode == PLANE_CONST:
-            memset(planes + j * n, src[pos], n)
-        else:
-            rc = rans_decode(src + pos, length, planes + j * n, n)
-            if rc != OK:
-                return rc
-        pos += length
-    if width != 1:
-        merge_planes(scratch, n, width, rot, out)
-    return OK
+cdef extern from "fpfs_decode.h" nogil:
+    int decode_planes "fpfs_decode_planes"(const uint8_t* src, Py_ssize_t srclen,
+                                           uint8_t* out, Py_ssize_t nbytes, uint8_t* scratch)

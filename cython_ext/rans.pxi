@@ -15,39 +15,13 @@ from libc.string cimport memcpy, memmove, memset
 from libc.math cimport log2
 
 cdef extern from *:
-    """
-    /* Decoder renormalisation of one 64-bit rANS lane: if x < 2^24, shift in the next
-       little-endian 32-bit word of the stream and advance *pp by 4.  It must be branch-free
-       (whether a lane renormalises is data-dependent, a branch mispredicts ~1 in 6 pairs)
-       and gcc turns every C formulation of the select into a branch, hence the two cmovs
-       on x86-64.  The caller guarantees 4 readable bytes at *pp. */
-    static inline uint64_t fpfs_rans_renorm(uint64_t x, const uint8_t **pp) {
-        const uint8_t *p = *pp;
-    #if defined(__GNUC__) && defined(__x86_64__)
-        uint32_t w;
-        memcpy(&w, p, 4);
-        uint64_t y = (x << 32) | w;
-        const uint8_t *p4 = p + 4;
-        __asm__("cmpq $0x1000000, %[x]\\n\\t"
-                "cmovbq %[y], %[x]\\n\\t"
-                "cmovbq %[p4], %[p]"
-                : [x] "+r"(x), [p] "+r"(p)
-                : [y] "r"(y), [p4] "r"(p4)
-                : "cc");
-    #else
-        uint64_t w = (uint64_t)p[0] | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16)
-                     | ((uint64_t)p[3] << 24);
-        uint64_t c = x < 0x1000000u;
-        x = (x << (unsigned)(c << 5)) | (w & (0 - c));
-        p += c << 2;
-    #endif
-        *pp = p;
-        return x;
-    }
-    """
     # gcc/clang 128-bit integer, only for the encoder's exact reciprocal division.
     ctypedef unsigned long long _u128 "unsigned __int128"
-    uint64_t _dren "fpfs_rans_renorm"(uint64_t x, const uint8_t** pp) noexcept nogil
+
+# The decoder is plain C (fpfs_decode.h), shared with the libFuzzer targets.
+cdef extern from "fpfs_decode.h" nogil:
+    int rans_decode "fpfs_rans_decode"(const uint8_t* src, Py_ssize_t srclen, uint8_t* out,
+                                       Py_ssize_t n)
 
 cdef enum:
     SCALE_BITS = 12
@@ -69,10 +43,6 @@ cdef enum:
     ERR_TRAILING = -3         # bytes left over after the last symbol
     ERR_STATE = -4            # a lane did not return to its initial state
     ERR_LAYOUT = -5           # plane layout / lengths inconsistent
-
-
-cdef inline uint32_t _rd32(const uint8_t* p) noexcept nogil:
-    return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
 
 
 cdef inline void _wr32(uint8_t* p, uint32_t v) noexcept nogil:
@@ -240,72 +210,6 @@ cdef void write_table(const uint32_t* freqs, int k, int base, uint8_t* dst) noex
         w.p[0] = w.acc & 0xFF
 
 
-cdef inline int _br_eg(const uint8_t* src, Py_ssize_t bitlen, Py_ssize_t* bitpos, int k,
-                       uint32_t* v) noexcept nogil:
-    """Read one Exp-Golomb order-k value; -1 if malformed or past bitlen."""
-    cdef int z = 0, j
-    cdef Py_ssize_t b = bitpos[0]
-    cdef uint32_t u = 1
-    while True:
-        if b >= bitlen:
-            return -1
-        if (src[b >> 3] >> (b & 7)) & 1:
-            b += 1
-            break
-        b += 1
-        z += 1
-        if z > EG_MAX_ZEROS:
-            return -1
-    if b + z + k > bitlen:
-        return -1
-    for j in range(z + k):
-        u = (u << 1) | ((src[b >> 3] >> (b & 7)) & 1)
-        b += 1
-    bitpos[0] = b
-    v[0] = u - (1u << k)
-    return 0
-
-
-cdef Py_ssize_t read_table(const uint8_t* src, Py_ssize_t srclen, uint32_t* freqs) noexcept nogil:
-    """Parse and validate a frequency table; returns bytes consumed or ERR_TABLE."""
-    cdef int s = -1, i, k, base, present, sparse
-    cdef uint32_t v, total = 0
-    cdef Py_ssize_t bitpos = 0, bitlen
-    if srclen < 3:
-        return ERR_TABLE
-    k = src[0] & 0x0F
-    sparse = src[0] & TABLE_SPARSE
-    base = src[1]
-    present = src[2] + 1
-    if (src[0] & 0xE0) or k > SCALE_BITS or base == 0:
-        return ERR_TABLE
-    if not sparse and present != 256:
-        return ERR_TABLE
-    memset(freqs, 0, 256 * sizeof(uint32_t))
-    bitlen = (srclen - 3) * 8
-    for i in range(present):
-        if sparse:
-            if _br_eg(src + 3, bitlen, &bitpos, 0, &v) < 0:
-                return ERR_TABLE
-            if v > <uint32_t>(254 - s):         # next symbol s + 1 + v must be <= 255
-                return ERR_TABLE
-            s = s + 1 + <int>v
-        else:
-            s = i
-        if i < present - 1:
-            if _br_eg(src + 3, bitlen, &bitpos, k, &v) < 0:
-                return ERR_TABLE
-            if v > <uint32_t>(PROB_SCALE - base):
-                return ERR_TABLE
-            freqs[s] = v + <uint32_t>base
-            total += freqs[s]
-            if total >= PROB_SCALE:          # the implied last frequency must be >= 1
-                return ERR_TABLE
-        else:
-            freqs[s] = PROB_SCALE - total
-    return 3 + (bitpos + 7) // 8
-
-
 cdef double estimate_bits(const uint32_t* counts, const uint32_t* freqs) noexcept nogil:
     cdef int s
     cdef double bits = 0.0
@@ -443,144 +347,3 @@ cdef Py_ssize_t rans_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
         q += nb
     memmove(dst + hdr, ptr, body)
     return hdr + body
-
-
-# ---------------------------------------------------------------------------------------
-# Decoder
-
-cdef struct _DecTab:
-    uint16_t freq[PROB_SCALE]
-    uint16_t bias[PROB_SCALE]
-    uint8_t sym[PROB_SCALE]
-
-
-cdef inline uint64_t _dsym(uint64_t x, const _DecTab* t, uint8_t* o) noexcept nogil:
-    cdef uint32_t slot = <uint32_t>x & (PROB_SCALE - 1)
-    o[0] = t.sym[slot]
-    return <uint64_t>t.freq[slot] * (x >> SCALE_BITS) + t.bias[slot]
-
-
-cdef Py_ssize_t _dec_blocks(uint64_t* st, const _DecTab* t, const uint8_t** pp,
-                            const uint8_t* stop, uint8_t* out, Py_ssize_t nblocks) noexcept nogil:
-    """Decode up to nblocks whole blocks with no bounds checks while *pp <= stop; the
-    caller guarantees 4 * BLOCK // 2 = 32 readable bytes from any p <= stop.  Returns the
-    number of blocks decoded."""
-    cdef uint64_t x0 = st[0], x1 = st[1], x2 = st[2], x3 = st[3]
-    cdef uint64_t x4 = st[4], x5 = st[5], x6 = st[6], x7 = st[7]
-    cdef const uint8_t* p = pp[0]
-    cdef Py_ssize_t b = 0
-    while b < nblocks and p <= stop:
-        x0 = _dsym(x0, t, out + 0)
-        x1 = _dsym(x1, t, out + 1)
-        x2 = _dsym(x2, t, out + 2)
-        x3 = _dsym(x3, t, out + 3)
-        x4 = _dsym(x4, t, out + 4)
-        x5 = _dsym(x5, t, out + 5)
-        x6 = _dsym(x6, t, out + 6)
-        x7 = _dsym(x7, t, out + 7)
-        x0 = _dsym(x0, t, out + 8)
-        x1 = _dsym(x1, t, out + 9)
-        x2 = _dsym(x2, t, out + 10)
-        x3 = _dsym(x3, t, out + 11)
-        x4 = _dsym(x4, t, out + 12)
-        x5 = _dsym(x5, t, out + 13)
-        x6 = _dsym(x6, t, out + 14)
-        x7 = _dsym(x7, t, out + 15)
-        x0 = _dren(x0, &p)
-        x1 = _dren(x1, &p)
-        x2 = _dren(x2, &p)
-        x3 = _dren(x3, &p)
-        x4 = _dren(x4, &p)
-        x5 = _dren(x5, &p)
-        x6 = _dren(x6, &p)
-        x7 = _dren(x7, &p)
-        out += BLOCK
-        b += 1
-    st[0] = x0; st[1] = x1; st[2] = x2; st[3] = x3
-    st[4] = x4; st[5] = x5; st[6] = x6; st[7] = x7
-    pp[0] = p
-    return b
-
-
-cdef int rans_decode(const uint8_t* src, Py_ssize_t srclen, uint8_t* out,
-                     Py_ssize_t n) noexcept nogil:
-    """Decode exactly n bytes from a complete stream of srclen bytes. Every table and
-    length is checked before the unchecked inner loop; returns OK or an ERR_* code."""
-    cdef uint32_t freqs[256]
-    cdef _DecTab t
-    cdef uint64_t st[LANES]
-    cdef uint8_t pad[80]
-    cdef uint64_t x
-    cdef uint32_t cumf = 0, f, kk
-    cdef uint16_t lens
-    cdef Py_ssize_t pos, i = 0, nfull, done, r, na, nb2
-    cdef int s, lane, nb, j
-    cdef const uint8_t* p
-    cdef const uint8_t* end
-    pos = read_table(src, srclen, freqs)
-    if pos < 0:
-        return ERR_TABLE
-    if pos + 2 > srclen:
-        return ERR_TRUNCATED
-    lens = src[pos] | (<uint16_t>src[pos + 1] << 8)
-    pos += 2
-    for lane in range(LANES):
-        nb = 4 + ((lens >> (2 * lane)) & 3)
-        if pos + nb > srclen:
-            return ERR_TRUNCATED
-        x = 0
-        for j in range(nb):
-            x |= (<uint64_t>src[pos + j]) << (8 * j)
-        if x < RANS_L or x >= (<uint64_t>RANS_L << 32):
-            return ERR_STATE
-        st[lane] = x
-        pos += nb
-    for s in range(256):
-        f = freqs[s]
-        if f:
-            memset(&t.sym[cumf], s, f)
-            for kk in range(f):
-                t.freq[cumf + kk] = <uint16_t>f
-                t.bias[cumf + kk] = <uint16_t>kk
-            cumf += f
-    p = src + pos
-    end = src + srclen
-    nfull = n // BLOCK
-    # Whole blocks straight from the stream while 32 readable bytes remain...
-    if end - p >= 32:
-        done = _dec_blocks(st, &t, &p, end - 32, out, nfull)
-        i = done * BLOCK
-        nfull -= done
-    # ... then from a zero-padded copy of the last < 32 bytes (reads past its valid part
-    # stay inside pad and are caught by the consumption check below).
-    if nfull > 0:
-        r = end - p
-        memset(pad, 0, sizeof(pad))
-        memcpy(pad + 8, p, r)
-        p = pad + 8
-        end = pad + 8 + r
-        done = _dec_blocks(st, &t, &p, end, out + i, nfull)
-        i += done * BLOCK
-        if done < nfull or p > end:
-            return ERR_TRUNCATED
-    # The partial last block, checked.
-    r = n - i
-    if r > 0:
-        na = min(r, LANES)
-        nb2 = r - LANES
-        for lane in range(na):
-            st[lane] = _dsym(st[lane], &t, out + i + lane)
-        for lane in range(nb2):
-            st[lane] = _dsym(st[lane], &t, out + i + LANES + lane)
-        for lane in range(na):
-            if st[lane] < RANS_L:
-                if end - p < 4:
-                    return ERR_TRUNCATED
-                st[lane] = (st[lane] << 32) | _rd32(p)
-                p += 4
-    if p != end:
-        return ERR_TRAILING if p < end else ERR_TRUNCATED
-    for lane in range(LANES):
-        if st[lane] != RANS_L:
-            return ERR_STATE
-    return OK

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Iterable, List, Optional, Set
+from typing import Callable, Iterable, Iterator, List, Optional, Set
 
 from . import tempfiles
 from .errors import MissingBase
+from .store import is_url, join_url, store_for, url_ancestors
 
 BASES_DIR = ".fpfs-bases"
 # A base may itself be a delta; reading a file then decodes one chunk per level. Bounded so
@@ -32,20 +33,33 @@ def stored_name(sha256: bytes) -> str:
     return sha256.hex() + ".fpz"
 
 
-def find_base(delta_path: str, sha256: bytes, root: Optional[str] = None) -> str:
-    """The stored base container for a delta at delta_path, searching its directory and
-    its ancestors (not above root, when given). Raises MissingBase."""
-    d = os.path.dirname(os.path.abspath(delta_path))
-    stop = os.path.abspath(root) if root else None
+def find_base(delta_path: str, sha256: bytes, root: Optional[str] = None,
+              exists: Optional[Callable[[str], bool]] = None) -> str:
+    """The stored base container for a delta at delta_path (a path or an s3:// URL),
+    searching its directory and its ancestors (not above root, when given); exists tells
+    whether a candidate is there (default: asks the delta's store). Raises MissingBase."""
+    exists = exists or store_for(delta_path).exists
     name = stored_name(sha256)
-    while True:
-        candidate = os.path.join(d, BASES_DIR, name)
-        if os.path.isfile(candidate):
+    for d in _ancestors(delta_path, root):
+        candidate = (join_url if is_url(d) else os.path.join)(d, f"{BASES_DIR}/{name}")
+        if exists(candidate):
             return candidate
+    raise MissingBase(f"{delta_path}: its base (original SHA-256 {sha256.hex()}) is "
+                      f"missing: no {BASES_DIR}/{name} in its directory or above")
+
+
+def _ancestors(path: str, root: Optional[str]) -> Iterator[str]:
+    """The directories a base is looked for in, nearest first."""
+    if is_url(path):
+        yield from url_ancestors(path, root)
+        return
+    d = os.path.dirname(os.path.abspath(path))
+    stop = os.path.abspath(root) if root else None
+    while True:
+        yield d
         parent = os.path.dirname(d)
         if parent == d or (stop is not None and d == stop):
-            raise MissingBase(f"{delta_path}: its base (original SHA-256 {sha256.hex()}) is "
-                              f"missing: no {BASES_DIR}/{name} in its directory or above")
+            return
         d = parent
 
 

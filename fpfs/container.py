@@ -4,13 +4,11 @@ writer. The reader treats every byte as hostile and validates all of it at open 
 later reads only need the per-chunk checks (payload decode + checksum)."""
 from __future__ import annotations
 
-import hashlib
-import os
 import struct
 import threading
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator, Optional, Tuple
+from typing import BinaryIO, Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import xxhash
@@ -18,6 +16,7 @@ import xxhash
 from .codecs import (CODECS, CODEC_DELTA, CODEC_RAW, V1_CODECS, BaseReader, DecodeError,
                      decode_chunk)
 from .errors import CorruptChunk, CorruptContainer, UnsupportedVersion
+from .store import StoreObject, open_object
 
 MAGIC = b"\x89FPZ\r\n\x1a\n"
 END_MAGIC = b"FPZ-END\n"
@@ -35,6 +34,7 @@ BASE_SECTION = struct.Struct("<32sQ")   # base SHA-256, base original size
 assert HEADER.size == 40 and TRAILER.size == 72 and CHUNK_ENTRY.itemsize == 40
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
+TAIL_SLACK_CHUNKS = 256     # table entries read beyond one per chunk_size (tensor boundaries)
 MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 
@@ -124,35 +124,36 @@ class ContainerWriter:
 class Container:
     """Read side of a .fpz file: validated metadata plus per-chunk decode.
 
-    Thread-safe: reads use os.pread on one descriptor and keep no position."""
+    The bytes come from a StoreObject (fpfs/store/: a local file, or an S3 object); a path
+    or s3:// URL is opened through the matching store. Opening costs one read of the head
+    (header, base section, prefix) and one of the tail (chunk table, trailer) - a single
+    one for a small file - and each chunk one read of its payload, which the store may
+    batch with its neighbours. Thread-safe: reads keep no position."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, source: Union[str, StoreObject]):
+        self.source = source if isinstance(source, StoreObject) else open_object(source)
+        self.path = self.source.name
         # Set by whoever resolved self.base (PackedFile): reads the base's original bytes.
         self.base_reader: Optional[BaseReader] = None
-        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
-            st = os.fstat(self._fd)
-            self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            self._load(st.st_size)
+            self._load()
+            self.identity = self.source.identity
+            self._chunks = self.source.chunk_reader(self.table["comp_offset"],
+                                                    self.table["comp_length"])
         except BaseException:
-            os.close(self._fd)
+            self.source.close()
             raise
 
     # -- opening -----------------------------------------------------------------------
     def _fail(self, what: str):
         raise CorruptContainer(f"{self.path}: {what}")
 
-    def _pread_exact(self, size: int, offset: int) -> bytes:
-        data = os.pread(self._fd, size, offset)
-        if len(data) != size:
-            self._fail(f"truncated: wanted {size} bytes at {offset}, got {len(data)}")
-        return data
-
-    def _load(self, file_size: int) -> None:
+    def _load(self) -> None:
+        meta = _MetadataReads(self.source, self._fail)
+        file_size = meta.file_size
         if file_size < HEADER.size + TRAILER.size:
             self._fail(f"too short for a container ({file_size} bytes)")
-        head = self._pread_exact(HEADER.size, 0)
+        head = meta.get(0, HEADER.size)
         magic, version, flags, chunk_size, orig_size, prefix_len, crc, zero = HEADER.unpack(head)
         if magic != MAGIC:
             self._fail("not an fpfs container (bad magic)")
@@ -167,23 +168,27 @@ class Container:
         if prefix_len > orig_size or \
                 HEADER.size + section_len + prefix_len + TRAILER.size > file_size:
             self._fail("header lengths exceed the file")
-        section = self._pread_exact(section_len, HEADER.size)
-        prefix = self._pread_exact(prefix_len, HEADER.size + section_len)
+        section = meta.get(HEADER.size, section_len)
+        prefix = meta.get(HEADER.size + section_len, prefix_len)
         if zlib.crc32(prefix, zlib.crc32(section, zlib.crc32(head[:32]))) != crc:
             self._fail("header checksum mismatch")
         self.base = BaseRef(*BASE_SECTION.unpack(section)) if section_len else None
         self.version = version
-        tail = self._pread_exact(TRAILER.size, file_size - TRAILER.size)
+        data_start = HEADER.size + section_len + prefix_len
+        # One read for table and trailer: the table of an honest file has about one entry
+        # per chunk_size of data past the prefix, plus one per tensor boundary.
+        guess = (orig_size - prefix_len) // chunk_size + TAIL_SLACK_CHUNKS
+        meta.read_tail(min(file_size - data_start, TRAILER.size + CHUNK_ENTRY.itemsize * guess))
+        tail = meta.get(file_size - TRAILER.size, TRAILER.size)
         table_off, count, orig2, sha, table_crc, trailer_crc, end = TRAILER.unpack(tail)
         if end != END_MAGIC:
             self._fail("trailer missing (incomplete write?)")
         if zlib.crc32(tail[:56], crc) != trailer_crc:
             self._fail("trailer damaged, or header and trailer from different files")
-        data_start = HEADER.size + section_len + prefix_len
         if orig2 != orig_size or table_off < data_start or \
                 table_off + count * CHUNK_ENTRY.itemsize != file_size - TRAILER.size:
             self._fail("trailer inconsistent with header and file size")
-        raw_table = self._pread_exact(count * CHUNK_ENTRY.itemsize, table_off)
+        raw_table = meta.get(table_off, count * CHUNK_ENTRY.itemsize)
         if zlib.crc32(raw_table) != table_crc:
             self._fail("chunk table checksum mismatch")
         table = np.frombuffer(raw_table, dtype=CHUNK_ENTRY)
@@ -243,16 +248,20 @@ class Container:
         """The stored payload of chunk `index`, as read from disk."""
         return bytes(self._read_payload_view(index))
 
+    def prepare(self, first: int, last: int) -> None:
+        """Chunks first..last are about to be decoded: a remote store fetches their
+        payloads together (one GET for neighbours) instead of one request each."""
+        self._chunks.prepare(first, last)
+
     def _read_payload_view(self, index: int) -> memoryview:
         """The payload read into this thread's reusable buffer (valid until this thread's
         next call): a fresh bytes object per chunk would cost page faults on every read."""
-        e = self.table[index]
-        size, off = int(e["comp_length"]), int(e["comp_offset"])
+        size = int(self.table[index]["comp_length"])
         buf = getattr(_payload_buffers, "buf", None)
         if buf is None or len(buf) < size:
             buf = _payload_buffers.buf = bytearray(max(size, self.chunk_size + 1024))
         view = memoryview(buf)[:size]
-        if os.preadv(self._fd, [view], off) != size:
+        if self._chunks.read_into(index, view) != size:
             raise CorruptChunk(self.path, index, "file truncated")
         return view
 
@@ -282,9 +291,7 @@ class Container:
             yield self.decode(i)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self.source.close()
 
     def __enter__(self):
         return self
@@ -297,6 +304,41 @@ class Container:
             self.close()
         except Exception:
             pass
+
+
+class _MetadataReads:
+    """The few reads that open a container: the head (header, base section, prefix) in one,
+    the tail (table, trailer) in another; any range they miss is read on its own."""
+    HEAD_BYTES = 64 * 1024
+
+    def __init__(self, source: StoreObject, fail):
+        self._source = source
+        self._fail = fail
+        self._head = source.read(0, self.HEAD_BYTES)
+        self.file_size = source.size            # known after the first read of an S3 object
+        self._tail = b""
+
+    def read_tail(self, size: int) -> None:
+        start = self.file_size - max(size, TRAILER.size)
+        if start <= len(self._head):        # head and tail meet: the rest in one read
+            if len(self._head) < self.file_size:
+                self._head += self._read(len(self._head), self.file_size - len(self._head))
+            return
+        self._tail = self._read(start, self.file_size - start)
+
+    def get(self, offset: int, size: int) -> bytes:
+        if offset + size <= len(self._head):
+            return self._head[offset:offset + size]
+        tail_start = self.file_size - len(self._tail)
+        if self._tail and offset >= tail_start:
+            return self._tail[offset - tail_start:offset - tail_start + size]
+        return self._read(offset, size)
+
+    def _read(self, offset: int, size: int) -> bytes:
+        data = self._source.read(offset, size)
+        if len(data) != size:
+            self._fail(f"truncated: wanted {size} bytes at {offset}, got {len(data)}")
+        return data
 
 
 def is_container(path: str) -> bool:

@@ -36,3 +36,12 @@ class CorruptChunk(CorruptContainer):
         self.path = path
         self.index = index
         self.reason = reason
+
+
+class StoreError(FpfsError):
+    """The backing store (an S3 endpoint) did not answer, or failed, after its retries."""
+
+
+class ObjectChanged(StoreError):
+    """An object was replaced or removed while fpfs was reading it (its ETag changed): what
+    was read before may belong to the old version, so nothing more is read from it."""

@@ -15,6 +15,7 @@ from .bases import MAX_CHAIN, find_base
 from .cache import ChunkCache
 from .container import Container
 from .errors import CorruptContainer, MissingBase
+from .store import Store, StoreObject, store_for
 
 # Chunks decoded ahead of a sequential reader on a thread pool. Off by default: through the
 # mount the kernel's readahead already sends concurrent 1 MiB requests that keep both cores
@@ -24,15 +25,20 @@ DEFAULT_PREFETCH = 0
 
 
 class PackedFile:
-    def __init__(self, source: Union[str, Container], cache: Optional[ChunkCache] = None,
+    def __init__(self, source: Union[str, StoreObject, Container],
+                 cache: Optional[ChunkCache] = None,
                  prefetch_pool: Optional[Executor] = None, prefetch: int = DEFAULT_PREFETCH,
-                 root: Optional[str] = None, _depth: int = 0):
-        """source: a .fpz path, or an already open Container (then shared, not closed
-        separately). root: the top of the tree to look for a delta's base in (bases.py).
-        A delta's base is opened here too, sharing the cache (so N fine-tunes of one base
-        decode each base chunk once); MissingBase if it cannot be found or is not the file
-        the delta was coded against."""
+                 root: Optional[str] = None, _depth: int = 0, store: Optional[Store] = None):
+        """source: a .fpz path or s3:// URL, an opened StoreObject, or an already open
+        Container (then shared, not closed separately). root: the top of the tree to look
+        for a delta's base in (bases.py); store: where to look (default: the store the
+        source came from). A delta's base is opened here too, sharing the cache (so N
+        fine-tunes of one base decode each base chunk once); MissingBase if it cannot be
+        found or is not the file the delta was coded against."""
+        if isinstance(source, str):
+            source = (store or store_for(source)).open(source)
         self.container = source if isinstance(source, Container) else Container(source)
+        self.store = store or self.container.source.store
         self.path = self.container.path
         self.size = self.container.original_size
         # Without a shared cache, keep the last few chunks so small sequential reads
@@ -57,8 +63,8 @@ class PackedFile:
         ref = self.container.base
         if depth >= MAX_CHAIN:
             raise MissingBase(f"{self.path}: chain of bases deeper than {MAX_CHAIN}")
-        path = find_base(self.path, ref.sha256, root)
-        base = PackedFile(path, self.cache, root=root, _depth=depth + 1)
+        path = find_base(self.path, ref.sha256, root, self.store.exists)
+        base = PackedFile(path, self.cache, root=root, _depth=depth + 1, store=self.store)
         if base.container.sha256 != ref.sha256 or base.size != ref.size:
             base.close()
             raise MissingBase(f"{self.path}: {path} is not its base (SHA-256 differs)")
@@ -121,6 +127,8 @@ class PackedFile:
             dst[:stop - pos] = self._prefix[pos:stop]
             pos = stop
         last = -1
+        if pos < end:
+            self._prepare(pos, end)
         while pos < end:
             index = self.container.chunk_index(pos)
             start, length = self.container.chunk_span(index)
@@ -140,6 +148,16 @@ class PackedFile:
         if last >= 0:
             self._maybe_prefetch(offset, end, last)
         return max(0, end - offset)
+
+    def _prepare(self, pos: int, end: int) -> None:
+        """Tell the store which chunks of [pos, end) are about to be decoded (not those the
+        cache holds), so a remote one fetches them together."""
+        first, last = self.container.chunk_index(pos), self.container.chunk_index(end - 1)
+        identity = self.container.identity
+        missing = [i for i in range(first, last + 1)
+                   if not self.cache.contains((identity, i))]
+        if missing:
+            self.container.prepare(missing[0], missing[-1])
 
     def pread(self, offset: int, size: int) -> bytes:
         """Up to size original bytes at offset (fewer only at end of file)."""
@@ -177,12 +195,12 @@ class PackedFile:
 class FpzFile(io.RawIOBase):
     """Read-only binary file object over a container: read/seek/tell plus pread."""
 
-    def __init__(self, path: str, cache: Optional[ChunkCache] = None,
-                 root: Optional[str] = None):
+    def __init__(self, path: Union[str, StoreObject], cache: Optional[ChunkCache] = None,
+                 root: Optional[str] = None, store: Optional[Store] = None):
         super().__init__()
-        self._packed = PackedFile(path, cache, root=root)
+        self._packed = PackedFile(path, cache, root=root, store=store)
         self._pos = 0
-        self.name = path
+        self.name = self._packed.path
 
     @property
     def size(self) -> int:

@@ -438,3 +438,18 @@ def test_planes_garbage_never_crashes(payload, n):
 def test_kernel_error_is_value_error():
     assert issubclass(KernelError, ValueError)
     assert _kernels.KernelError is KernelError
+
+
+def test_libfuzzer_regressions_are_rejected():
+    """Inputs libFuzzer + ASan found against the plain-C decoders (fuzz/libfuzzer/) must be
+    clean rejections. planes-table-past-255: a sparse rANS table whose symbols reached 255
+    before the last one made the gap check wrap around and wrote past freqs[256]."""
+    import glob
+    import os
+    paths = glob.glob(os.path.join(os.path.dirname(__file__), "regressions", "planes-*"))
+    assert paths
+    for path in paths:
+        data = open(path, "rb").read()
+        n = int.from_bytes(data[:3], "little") & 0xFFFFF
+        with pytest.raises(_kernels.KernelError):
+            _kernels.decode_planes_into(data[3:], bytearray(n), bytearray(n))

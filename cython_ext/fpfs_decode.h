@@ -1,0 +1,511 @@
+/* fpfs decode kernels in plain C: the rANS stream, the PLANES payload, and the element
+ * transforms of DELTA and MASKED (FORMAT.md). Header-only so that Cython (kernels.pyx)
+ * and the libFuzzer targets in fuzz/libfuzzer/ compile the very same code.
+ *
+ * Every function treats its input as hostile: tables, lengths and counts are validated
+ * before the unchecked inner loop, and the result is FPFS_OK or a negative FPFS_ERR_*.
+ * Callers guarantee only the sizes of the buffers they pass (out, scratch).
+ */
+#ifndef FPFS_DECODE_H
+#define FPFS_DECODE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define FPFS_OK 0
+#define FPFS_ERR_TABLE (-1)      /* malformed frequency table */
+#define FPFS_ERR_TRUNCATED (-2)  /* stream ends before all symbols are decoded */
+#define FPFS_ERR_TRAILING (-3)   /* bytes left over after the last symbol */
+#define FPFS_ERR_STATE (-4)      /* a lane did not return to its initial state */
+#define FPFS_ERR_LAYOUT (-5)     /* plane layout / lengths inconsistent */
+
+#define FPFS_SCALE_BITS 12
+#define FPFS_PROB_SCALE 4096
+#define FPFS_LANES 8
+#define FPFS_BLOCK 16            /* symbols per block: 2 per lane */
+#define FPFS_TABLE_SPARSE 0x10
+#define FPFS_EG_MAX_ZEROS 20
+#define FPFS_RANS_L 0x1000000u
+
+#define FPFS_PLANE_RAW 0
+#define FPFS_PLANE_RANS 1
+#define FPFS_PLANE_CONST 2
+#define FPFS_PLANES_HEADER 2
+#define FPFS_PLANE_ENTRY 5
+
+static inline uint32_t fpfs_rd32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16)
+           | ((uint32_t)p[3] << 24);
+}
+
+/* Decoder renormalisation of one 64-bit rANS lane: if x < 2^24, shift in the next
+   little-endian 32-bit word of the stream and advance *pp by 4.  It must be branch-free
+   (whether a lane renormalises is data-dependent, a branch mispredicts ~1 in 6 pairs)
+   and gcc turns every C formulation of the select into a branch, hence the two cmovs
+   on x86-64.  The caller guarantees 4 readable bytes at *pp. */
+static inline uint64_t fpfs_rans_renorm(uint64_t x, const uint8_t **pp) {
+    const uint8_t *p = *pp;
+#if defined(__GNUC__) && defined(__x86_64__)
+    uint32_t w;
+    memcpy(&w, p, 4);
+    uint64_t y = (x << 32) | w;
+    const uint8_t *p4 = p + 4;
+    __asm__("cmpq $0x1000000, %[x]\n\t"
+            "cmovbq %[y], %[x]\n\t"
+            "cmovbq %[p4], %[p]"
+            : [x] "+r"(x), [p] "+r"(p)
+            : [y] "r"(y), [p4] "r"(p4)
+            : "cc");
+#else
+    uint64_t w = (uint64_t)fpfs_rd32(p);
+    uint64_t c = x < FPFS_RANS_L;
+    x = (x << (unsigned)(c << 5)) | (w & (0 - c));
+    p += c << 2;
+#endif
+    *pp = p;
+    return x;
+}
+
+/* One Exp-Golomb order-k value, LSB-first bit stream; -1 if malformed or past bitlen. */
+static inline int fpfs_read_eg(const uint8_t *src, ptrdiff_t bitlen, ptrdiff_t *bitpos,
+                               int k, uint32_t *v) {
+    int z = 0, j;
+    ptrdiff_t b = *bitpos;
+    uint32_t u = 1;
+    for (;;) {
+        if (b >= bitlen)
+            return -1;
+        if ((src[b >> 3] >> (b & 7)) & 1) {
+            b++;
+            break;
+        }
+        b++;
+        if (++z > FPFS_EG_MAX_ZEROS)
+            return -1;
+    }
+    if (b + z + k > bitlen)
+        return -1;
+    for (j = 0; j < z + k; j++) {
+        u = (u << 1) | ((src[b >> 3] >> (b & 7)) & 1);
+        b++;
+    }
+    *bitpos = b;
+    *v = u - (1u << k);
+    return 0;
+}
+
+/* Parse and validate a frequency table; bytes consumed, or FPFS_ERR_TABLE. */
+static inline ptrdiff_t fpfs_read_table(const uint8_t *src, ptrdiff_t srclen,
+                                        uint32_t *freqs) {
+    int s = -1, i, k, base, present, sparse;
+    uint32_t v, total = 0;
+    ptrdiff_t bitpos = 0, bitlen;
+    if (srclen < 3)
+        return FPFS_ERR_TABLE;
+    k = src[0] & 0x0F;
+    sparse = src[0] & FPFS_TABLE_SPARSE;
+    base = src[1];
+    present = src[2] + 1;
+    if ((src[0] & 0xE0) || k > FPFS_SCALE_BITS || base == 0)
+        return FPFS_ERR_TABLE;
+    if (!sparse && present != 256)
+        return FPFS_ERR_TABLE;
+    memset(freqs, 0, 256 * sizeof(uint32_t));
+    bitlen = (srclen - 3) * 8;
+    for (i = 0; i < present; i++) {
+        if (sparse) {
+            if (fpfs_read_eg(src + 3, bitlen, &bitpos, 0, &v) < 0)
+                return FPFS_ERR_TABLE;
+            /* next symbol s + 1 + v must be <= 255; s == 255 leaves no room at all (and
+               254 - s would wrap to 2^32 - 1: found by libFuzzer + ASan, a stack write
+               past freqs[] in every decoder before this check) */
+            if (s >= 255 || v > (uint32_t)(254 - s))
+                return FPFS_ERR_TABLE;
+            s = s + 1 + (int)v;
+        } else {
+            s = i;
+        }
+        if (i < present - 1) {
+            if (fpfs_read_eg(src + 3, bitlen, &bitpos, k, &v) < 0)
+                return FPFS_ERR_TABLE;
+            if (v > (uint32_t)(FPFS_PROB_SCALE - base))
+                return FPFS_ERR_TABLE;
+            freqs[s] = v + (uint32_t)base;
+            total += freqs[s];
+            if (total >= FPFS_PROB_SCALE)      /* the implied last frequency must be >= 1 */
+                return FPFS_ERR_TABLE;
+        } else {
+            freqs[s] = FPFS_PROB_SCALE - total;
+        }
+    }
+    return 3 + (bitpos + 7) / 8;
+}
+
+typedef struct {
+    uint16_t freq[FPFS_PROB_SCALE];
+    uint16_t bias[FPFS_PROB_SCALE];
+    uint8_t sym[FPFS_PROB_SCALE];
+} fpfs_dectab;
+
+static inline uint64_t fpfs_dsym(uint64_t x, const fpfs_dectab *t, uint8_t *o) {
+    uint32_t slot = (uint32_t)x & (FPFS_PROB_SCALE - 1);
+    *o = t->sym[slot];
+    return (uint64_t)t->freq[slot] * (x >> FPFS_SCALE_BITS) + t->bias[slot];
+}
+
+/* Up to nblocks whole blocks, no bounds checks, while *pp <= stop; the caller guarantees
+   32 readable bytes from any p <= stop.  Returns the number of blocks decoded. */
+static inline ptrdiff_t fpfs_dec_blocks(uint64_t *st, const fpfs_dectab *t,
+                                        const uint8_t **pp, const uint8_t *stop,
+                                        uint8_t *out, ptrdiff_t nblocks) {
+    uint64_t x0 = st[0], x1 = st[1], x2 = st[2], x3 = st[3];
+    uint64_t x4 = st[4], x5 = st[5], x6 = st[6], x7 = st[7];
+    const uint8_t *p = *pp;
+    ptrdiff_t b = 0;
+    while (b < nblocks && p <= stop) {
+        x0 = fpfs_dsym(x0, t, out + 0);
+        x1 = fpfs_dsym(x1, t, out + 1);
+        x2 = fpfs_dsym(x2, t, out + 2);
+        x3 = fpfs_dsym(x3, t, out + 3);
+        x4 = fpfs_dsym(x4, t, out + 4);
+        x5 = fpfs_dsym(x5, t, out + 5);
+        x6 = fpfs_dsym(x6, t, out + 6);
+        x7 = fpfs_dsym(x7, t, out + 7);
+        x0 = fpfs_dsym(x0, t, out + 8);
+        x1 = fpfs_dsym(x1, t, out + 9);
+        x2 = fpfs_dsym(x2, t, out + 10);
+        x3 = fpfs_dsym(x3, t, out + 11);
+        x4 = fpfs_dsym(x4, t, out + 12);
+        x5 = fpfs_dsym(x5, t, out + 13);
+        x6 = fpfs_dsym(x6, t, out + 14);
+        x7 = fpfs_dsym(x7, t, out + 15);
+        x0 = fpfs_rans_renorm(x0, &p);
+        x1 = fpfs_rans_renorm(x1, &p);
+        x2 = fpfs_rans_renorm(x2, &p);
+        x3 = fpfs_rans_renorm(x3, &p);
+        x4 = fpfs_rans_renorm(x4, &p);
+        x5 = fpfs_rans_renorm(x5, &p);
+        x6 = fpfs_rans_renorm(x6, &p);
+        x7 = fpfs_rans_renorm(x7, &p);
+        out += FPFS_BLOCK;
+        b++;
+    }
+    st[0] = x0; st[1] = x1; st[2] = x2; st[3] = x3;
+    st[4] = x4; st[5] = x5; st[6] = x6; st[7] = x7;
+    *pp = p;
+    return b;
+}
+
+/* Decode exactly n bytes from a complete stream of srclen bytes (FORMAT.md, "rANS
+   stream").  Every table and length is checked before the unchecked inner loop. */
+static inline int fpfs_rans_decode(const uint8_t *src, ptrdiff_t srclen, uint8_t *out,
+                                   ptrdiff_t n) {
+    uint32_t freqs[256];
+    fpfs_dectab t;
+    uint64_t st[FPFS_LANES];
+    uint8_t pad[80];
+    uint64_t x;
+    uint32_t cumf = 0, f, kk;
+    uint16_t lens;
+    ptrdiff_t pos, i = 0, nfull, done, r, na, nb2;
+    int s, lane, nb, j;
+    const uint8_t *p, *end;
+    pos = fpfs_read_table(src, srclen, freqs);
+    if (pos < 0)
+        return FPFS_ERR_TABLE;
+    if (pos + 2 > srclen)
+        return FPFS_ERR_TRUNCATED;
+    lens = (uint16_t)(src[pos] | ((uint16_t)src[pos + 1] << 8));
+    pos += 2;
+    for (lane = 0; lane < FPFS_LANES; lane++) {
+        nb = 4 + ((lens >> (2 * lane)) & 3);
+        if (pos + nb > srclen)
+            return FPFS_ERR_TRUNCATED;
+        x = 0;
+        for (j = 0; j < nb; j++)
+            x |= (uint64_t)src[pos + j] << (8 * j);
+        if (x < FPFS_RANS_L || x >= ((uint64_t)FPFS_RANS_L << 32))
+            return FPFS_ERR_STATE;
+        st[lane] = x;
+        pos += nb;
+    }
+    for (s = 0; s < 256; s++) {
+        f = freqs[s];
+        if (f) {
+            memset(&t.sym[cumf], s, f);
+            for (kk = 0; kk < f; kk++) {
+                t.freq[cumf + kk] = (uint16_t)f;
+                t.bias[cumf + kk] = (uint16_t)kk;
+            }
+            cumf += f;
+        }
+    }
+    p = src + pos;
+    end = src + srclen;
+    nfull = n / FPFS_BLOCK;
+    /* Whole blocks straight from the stream while 32 readable bytes remain... */
+    if (end - p >= 32) {
+        done = fpfs_dec_blocks(st, &t, &p, end - 32, out, nfull);
+        i = done * FPFS_BLOCK;
+        nfull -= done;
+    }
+    /* ... then from a zero-padded copy of the last < 32 bytes (reads past its valid part
+       stay inside pad and are caught by the consumption check below). */
+    if (nfull > 0) {
+        r = end - p;
+        memset(pad, 0, sizeof(pad));
+        memcpy(pad + 8, p, (size_t)r);
+        p = pad + 8;
+        end = pad + 8 + r;
+        done = fpfs_dec_blocks(st, &t, &p, end, out + i, nfull);
+        i += done * FPFS_BLOCK;
+        if (done < nfull || p > end)
+            return FPFS_ERR_TRUNCATED;
+    }
+    /* The partial last block, checked. */
+    r = n - i;
+    if (r > 0) {
+        na = r < FPFS_LANES ? r : FPFS_LANES;
+        nb2 = r - FPFS_LANES;
+        for (lane = 0; lane < na; lane++)
+            st[lane] = fpfs_dsym(st[lane], &t, out + i + lane);
+        for (lane = 0; lane < nb2; lane++)
+            st[lane] = fpfs_dsym(st[lane], &t, out + i + FPFS_LANES + lane);
+        for (lane = 0; lane < na; lane++) {
+            if (st[lane] < FPFS_RANS_L) {
+                if (end - p < 4)
+                    return FPFS_ERR_TRUNCATED;
+                st[lane] = (st[lane] << 32) | fpfs_rd32(p);
+                p += 4;
+            }
+        }
+    }
+    if (p != end)
+        return p < end ? FPFS_ERR_TRAILING : FPFS_ERR_TRUNCATED;
+    for (lane = 0; lane < FPFS_LANES; lane++)
+        if (st[lane] != FPFS_RANS_L)
+            return FPFS_ERR_STATE;
+    return FPFS_OK;
+}
+
+static inline uint16_t fpfs_rotl16(uint16_t v, int r) {
+    return r ? (uint16_t)((v << r) | (v >> ((16 - r) & 15))) : v;
+}
+static inline uint32_t fpfs_rotl32(uint32_t v, int r) {
+    return r ? (v << r) | (v >> ((32 - r) & 31)) : v;
+}
+static inline uint64_t fpfs_rotl64(uint64_t v, int r) {
+    return r ? (v << r) | (v >> ((64 - r) & 63)) : v;
+}
+
+/* Inverse of the plane split: plane j holds byte (width-1-j) of rotl(element, rot). */
+static inline void fpfs_merge_planes(const uint8_t *src, ptrdiff_t n, int width, int rot,
+                                     uint8_t *dst) {
+    ptrdiff_t i;
+    int j;
+    const uint8_t *p0 = src, *p1 = src + n, *p2 = src + 2 * n, *p3 = src + 3 * n;
+    if (width == 1) {
+        memcpy(dst, src, (size_t)n);
+    } else if (width == 2) {
+        for (i = 0; i < n; i++) {
+            uint16_t v = fpfs_rotl16((uint16_t)((p0[i] << 8) | p1[i]), (16 - rot) & 15);
+            memcpy(dst + 2 * i, &v, 2);
+        }
+    } else if (width == 4) {
+        for (i = 0; i < n; i++) {
+            uint32_t v = ((uint32_t)p0[i] << 24) | ((uint32_t)p1[i] << 16)
+                         | ((uint32_t)p2[i] << 8) | p3[i];
+            v = fpfs_rotl32(v, (32 - rot) & 31);
+            memcpy(dst + 4 * i, &v, 4);
+        }
+    } else {
+        for (i = 0; i < n; i++) {
+            uint64_t v = 0;
+            for (j = 0; j < 8; j++)
+                v = (v << 8) | src[j * n + i];
+            v = fpfs_rotl64(v, (64 - rot) & 63);
+            memcpy(dst + 8 * i, &v, 8);
+        }
+    }
+}
+
+/* Decode a PLANES payload into exactly nbytes of out; scratch must hold nbytes.  The
+   header and every plane length are validated before any plane is decoded. */
+static inline int fpfs_decode_planes(const uint8_t *src, ptrdiff_t srclen, uint8_t *out,
+                                     ptrdiff_t nbytes, uint8_t *scratch) {
+    int width, rot, j, rc, mode;
+    ptrdiff_t n, pos, length, total;
+    uint8_t *planes;
+    if (srclen < FPFS_PLANES_HEADER)
+        return FPFS_ERR_LAYOUT;
+    width = src[0];
+    rot = src[1];
+    if (width != 1 && width != 2 && width != 4 && width != 8)
+        return FPFS_ERR_LAYOUT;
+    if (rot >= 8 * width || (width == 1 && rot != 0) || nbytes % width)
+        return FPFS_ERR_LAYOUT;
+    n = nbytes / width;
+    pos = FPFS_PLANES_HEADER + FPFS_PLANE_ENTRY * width;
+    if (srclen < pos)
+        return FPFS_ERR_LAYOUT;
+    total = pos;
+    for (j = 0; j < width; j++) {
+        mode = src[FPFS_PLANES_HEADER + FPFS_PLANE_ENTRY * j];
+        length = fpfs_rd32(src + FPFS_PLANES_HEADER + FPFS_PLANE_ENTRY * j + 1);
+        if (mode == FPFS_PLANE_RAW) {
+            if (length != n)
+                return FPFS_ERR_LAYOUT;
+        } else if (mode == FPFS_PLANE_CONST) {
+            if (length != 1)
+                return FPFS_ERR_LAYOUT;
+        } else if (mode != FPFS_PLANE_RANS) {
+            return FPFS_ERR_LAYOUT;
+        }
+        total += length;
+    }
+    if (total != srclen)
+        return FPFS_ERR_LAYOUT;
+    /* Width 1 needs no merge: decode straight into the output. */
+    planes = width == 1 ? out : scratch;
+    for (j = 0; j < width; j++) {
+        mode = src[FPFS_PLANES_HEADER + FPFS_PLANE_ENTRY * j];
+        length = fpfs_rd32(src + FPFS_PLANES_HEADER + FPFS_PLANE_ENTRY * j + 1);
+        if (mode == FPFS_PLANE_RAW) {
+            memcpy(planes + j * n, src + pos, (size_t)n);
+        } else if (mode == FPFS_PLANE_CONST) {
+            memset(planes + j * n, src[pos], (size_t)n);
+        } else {
+            rc = fpfs_rans_decode(src + pos, length, planes + j * n, n);
+            if (rc != FPFS_OK)
+                return rc;
+        }
+        pos += length;
+    }
+    if (width != 1)
+        fpfs_merge_planes(scratch, n, width, rot, out);
+    return FPFS_OK;
+}
+
+/* ---- DELTA (codec 4): out := base combined with the residual in out ---------------- */
+
+static inline void fpfs_xor_into(uint8_t *out, const uint8_t *base, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++)
+        out[i] ^= base[i];
+}
+
+#define FPFS_UNZIGZAG_ADD(NAME, T, W)                                                  \
+    static inline void NAME(uint8_t *out, const uint8_t *base, ptrdiff_t count) {      \
+        for (ptrdiff_t i = 0; i < count; i++) {                                         \
+            T z, b;                                                                     \
+            memcpy(&z, out + (W) * i, (W));                                             \
+            memcpy(&b, base + (W) * i, (W));                                            \
+            z = (T)(b + ((z >> 1) ^ ((T)0 - (z & 1))));                                 \
+            memcpy(out + (W) * i, &z, (W));                                             \
+        }                                                                               \
+    }
+FPFS_UNZIGZAG_ADD(fpfs_unzigzag_add16, uint16_t, 2)
+FPFS_UNZIGZAG_ADD(fpfs_unzigzag_add32, uint32_t, 4)
+FPFS_UNZIGZAG_ADD(fpfs_unzigzag_add64, uint64_t, 8)
+
+/* transform 0 XOR (width 1), 1 SUB of zigzag w-byte elements; FPFS_ERR_LAYOUT if the
+   transform, width or length is invalid. */
+static inline int fpfs_delta_apply(uint8_t *out, const uint8_t *base, ptrdiff_t n,
+                                   int transform, int width) {
+    if (transform == 0 && width == 1) {
+        fpfs_xor_into(out, base, n);
+    } else if (transform == 1 && (width == 2 || width == 4 || width == 8) && n % width == 0) {
+        if (width == 2)
+            fpfs_unzigzag_add16(out, base, n / 2);
+        else if (width == 4)
+            fpfs_unzigzag_add32(out, base, n / 4);
+        else
+            fpfs_unzigzag_add64(out, base, n / 8);
+    } else {
+        return FPFS_ERR_LAYOUT;
+    }
+    return FPFS_OK;
+}
+
+/* ---- MASKED (codec 5): scatter non-zero elements by a bitmap ------------------------ */
+
+#define FPFS_MASK_SLACK 64   /* bytes fpfs_mask_expand may read past the last value */
+
+/* Set bits among the first count; -1 if any bit past count is set. */
+static inline ptrdiff_t fpfs_mask_count(const uint8_t *mask, ptrdiff_t count) {
+    ptrdiff_t i, total = 0, nbytes = (count + 7) / 8;
+    for (i = 0; i < count / 8; i++)
+        total += __builtin_popcount(mask[i]);
+    if (count % 8) {
+        if (mask[nbytes - 1] >> (count % 8))
+            return -1;
+        total += __builtin_popcount(mask[nbytes - 1]);
+    }
+    return total;
+}
+
+/* fpfs_expand[m][e]: for mask byte m, which of the (compacted) values element e of the
+   group of eight takes: its rank among the set bits, or 8 (a zero) when bit e is clear.
+   Filled once by fpfs_decode_init(), before any thread decodes. */
+static uint8_t fpfs_expand[256][8];
+
+static void fpfs_decode_init(void) {
+    for (int m = 0; m < 256; m++) {
+        int r = 0;
+        for (int e = 0; e < 8; e++)
+            fpfs_expand[m][e] = (uint8_t)(((m >> e) & 1) ? r++ : 8);
+    }
+}
+
+/* Eight elements per mask byte, no branch per element: the next eight values go into a
+   table whose slot 8 is zero and each element picks its slot; values advance by the
+   byte's popcount.  Reads up to 8 * width bytes past the values used (FPFS_MASK_SLACK). */
+#define FPFS_SCATTER(NAME, W)                                                            \
+    static inline void NAME(uint8_t *out, const uint8_t *mask, const uint8_t *values,   \
+                            ptrdiff_t count, const uint8_t *expand) {                   \
+        uint8_t slots[9 * 8];                                                           \
+        ptrdiff_t g, e, j = 0, groups = count / 8;                                      \
+        memset(slots, 0, sizeof(slots));                                                \
+        for (g = 0; g < groups; g++) {                                                  \
+            const uint8_t *idx = expand + 8 * mask[g];                                  \
+            memcpy(slots, values + j * (W), 8 * (W));                                   \
+            for (e = 0; e < 8; e++)                                                     \
+                memcpy(out + (g * 8 + e) * (W), slots + idx[e] * (W), (W));            \
+            j += __builtin_popcount(mask[g]);                                           \
+        }                                                                               \
+        for (e = groups * 8; e < count; e++) {                                          \
+            if ((mask[e >> 3] >> (e & 7)) & 1) {                                        \
+                memcpy(out + e * (W), values + j * (W), (W));                           \
+                j++;                                                                    \
+            } else {                                                                    \
+                memset(out + e * (W), 0, (W));                                          \
+            }                                                                           \
+        }                                                                               \
+    }
+FPFS_SCATTER(fpfs_scatter1, 1)
+FPFS_SCATTER(fpfs_scatter2, 2)
+FPFS_SCATTER(fpfs_scatter4, 4)
+FPFS_SCATTER(fpfs_scatter8, 8)
+
+/* out (count elements of width bytes) := the k values where mask bits are set, zeros
+   elsewhere.  values must hold k * width + FPFS_MASK_SLACK readable bytes.  Returns
+   FPFS_ERR_LAYOUT unless the mask has exactly k bits set, none past count. */
+static inline int fpfs_mask_expand(uint8_t *out, const uint8_t *mask, const uint8_t *values,
+                                   ptrdiff_t count, ptrdiff_t k, int width) {
+    const uint8_t *expand = &fpfs_expand[0][0];
+    if (fpfs_mask_count(mask, count) != k)
+        return FPFS_ERR_LAYOUT;
+    if (width == 1)
+        fpfs_scatter1(out, mask, values, count, expand);
+    else if (width == 2)
+        fpfs_scatter2(out, mask, values, count, expand);
+    else if (width == 4)
+        fpfs_scatter4(out, mask, values, count, expand);
+    else if (width == 8)
+        fpfs_scatter8(out, mask, values, count, expand);
+    else
+        return FPFS_ERR_LAYOUT;
+    return FPFS_OK;
+}
+
+#endif /* FPFS_DECODE_H */

@@ -1,0 +1,188 @@
+"""Chunk payloads of one remote container: from the read-ahead buffer, the disk cache, or
+ranged GETs.
+
+A reader's request for chunks a..b becomes one GET for each run of neighbouring chunks
+that are neither buffered, on disk nor already being fetched (split at request_size).
+A reader that starts where the previous one ended (give or take the reordering of
+parallel FUSE requests) is sequential: the next `readahead` bytes of chunks are fetched
+ahead of it too, in parallel GETs on the store's pool. Each chunk is fetched once however
+many readers want it (they wait for the GET in flight), and kept in memory only until the
+reader that wanted it takes it (the decoded chunk then lives in the chunk cache above)."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import CorruptContainer, StoreError
+
+log = logging.getLogger("fpfs.store")
+# A FUSE request that arrives this many chunks before or after the previous request's end
+# still counts as sequential (parallel FUSE threads reorder a sequential reader's requests).
+REORDER_CHUNKS = 16
+
+
+class _Flight:
+    """One GET in flight for a run of chunks; readers of any of them wait on it."""
+    __slots__ = ("event", "error")
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.error: Optional[BaseException] = None
+
+
+class ChunkFetcher:
+    def __init__(self, obj, offsets: np.ndarray, lengths: np.ndarray):
+        self._obj = obj
+        self._store = obj.store
+        self._settings = obj.store.settings
+        self._offsets = offsets.astype(np.int64)
+        self._ends = self._offsets + lengths.astype(np.int64)
+        self._disk = obj.store.disk_cache
+        self._lock = threading.Lock()
+        self._ready: "OrderedDict[int, bytes]" = OrderedDict()
+        self._ready_bytes = 0
+        self._ready_budget = 2 * self._settings.readahead + self._settings.request_size
+        self._flights: Dict[int, _Flight] = {}
+        self._next = 0                  # the chunk after the last one asked for
+        self._ahead = 0                 # chunks below this were fetched or scheduled ahead
+        s = self._settings
+        # A waiter gives up after what the GET itself may take at most, plus slack.
+        self._wait = s.max_attempts * (s.connect_timeout + s.read_timeout) + 30.0
+        self._identity = obj.identity
+
+    def _disk_key(self, index: int) -> str:
+        return f"{self._identity!r}:{int(self._offsets[index])}:" \
+               f"{int(self._ends[index] - self._offsets[index])}"
+
+    # -- what readers call -------------------------------------------------------------
+    def prepare(self, first: int, last: int) -> None:
+        with self._lock:
+            sequential = self._next - REORDER_CHUNKS <= first <= self._next + REORDER_CHUNKS
+            self._next = max(self._next, last + 1) if sequential else last + 1
+            runs = self._claim(first, last + 1)
+            ahead: List[Tuple[int, int, _Flight]] = []
+            if sequential and self._settings.readahead > 0:
+                start = max(self._ahead, last + 1)
+                stop = self._readahead_end(last + 1)
+                if stop > start:
+                    ahead = self._claim(start, stop)
+                    self._ahead = stop
+        for run in runs + ahead:
+            self._submit(run)
+
+    def read_into(self, index: int, out: memoryview) -> int:
+        for _ in range(3):      # a buffered payload may be evicted before we take it
+            with self._lock:
+                payload = self._ready.pop(index, None)
+                if payload is not None:
+                    self._ready_bytes -= len(payload)
+                flight = self._flights.get(index) if payload is None else None
+            if payload is not None:
+                self._store.stats.add(readahead_hits=1)
+                out[:] = payload
+                return len(payload)
+            if flight is None:
+                if self._disk is not None and self._disk.read_into(self._disk_key(index), out):
+                    self._store.stats.add(disk_hits=1)
+                    return len(out)
+                with self._lock:
+                    runs = self._claim(index, index + 1, check_disk=False)
+                for run in runs:
+                    self._submit(run)
+                with self._lock:
+                    flight = self._flights.get(index)
+                if flight is None:
+                    continue            # fetched meanwhile by another reader
+            if not flight.event.wait(self._wait):
+                raise StoreError(f"{self._obj.name}: chunk {index}: no answer from the store "
+                                 f"in {self._wait:.0f} s")
+            if flight.error is not None:
+                raise flight.error
+        raise StoreError(f"{self._obj.name}: chunk {index}: fetched but evicted before use "
+                         f"(read-ahead buffer too small)")
+
+    # -- planning (under the lock) -----------------------------------------------------
+    def _readahead_end(self, start: int) -> int:
+        if start >= len(self._offsets):
+            return start
+        limit = self._offsets[start] + self._settings.readahead
+        return int(np.searchsorted(self._ends, limit, side="right"))
+
+    def _claim(self, start: int, stop: int,
+               check_disk: bool = True) -> List[Tuple[int, int, _Flight]]:
+        """Runs (first, last, flight) of chunks in [start, stop) nobody has or fetches, each
+        at most request_size bytes, registered as in flight."""
+        runs = []
+        first = -1
+        for i in range(start, min(stop, len(self._offsets))):
+            wanted = i not in self._ready and i not in self._flights and \
+                not (check_disk and self._disk is not None and self._on_disk(i))
+            if wanted and first >= 0 and \
+                    self._ends[i] - self._offsets[first] > self._settings.request_size:
+                runs.append(self._register(first, i - 1))
+                first = -1
+            if wanted and first < 0:
+                first = i
+            elif not wanted and first >= 0:
+                runs.append(self._register(first, i - 1))
+                first = -1
+        if first >= 0:
+            runs.append(self._register(first, min(stop, len(self._offsets)) - 1))
+        return runs
+
+    def _on_disk(self, index: int) -> bool:
+        return self._disk.contains(self._disk_key(index))
+
+    def _register(self, first: int, last: int) -> Tuple[int, int, _Flight]:
+        flight = _Flight()
+        for i in range(first, last + 1):
+            self._flights[i] = flight
+        return first, last, flight
+
+    # -- fetching (on the store's pool) ------------------------------------------------
+    def _submit(self, run: Tuple[int, int, _Flight]) -> None:
+        try:
+            self._store.pool.submit(self._fetch, *run)
+        except RuntimeError as exc:         # the pool is shut down (unmounting)
+            self._finish(run[0], run[1], run[2], StoreError(str(exc)))
+
+    def _fetch(self, first: int, last: int, flight: _Flight) -> None:
+        start, end = int(self._offsets[first]), int(self._ends[last])
+        try:
+            data = self._obj.read(start, end - start)
+            if len(data) != end - start:
+                raise CorruptContainer(f"{self._obj.name}: object truncated (wanted "
+                                       f"{end - start} bytes at {start}, got {len(data)})")
+        except BaseException as exc:        # noqa: BLE001 - handed to every waiter
+            log.debug("fetching chunks %d-%d of %s failed: %s", first, last,
+                      self._obj.name, exc)
+            self._finish(first, last, flight, exc)
+            return
+        view = memoryview(data)
+        payloads = {}
+        for i in range(first, last + 1):
+            payload = bytes(view[int(self._offsets[i]) - start:int(self._ends[i]) - start])
+            payloads[i] = payload
+            if self._disk is not None:
+                self._disk.put(self._disk_key(i), payload)
+        with self._lock:
+            for i, payload in payloads.items():
+                self._ready[i] = payload
+                self._ready_bytes += len(payload)
+            while self._ready_bytes > self._ready_budget and self._ready:
+                _, old = self._ready.popitem(last=False)
+                self._ready_bytes -= len(old)
+        self._finish(first, last, flight, None)
+
+    def _finish(self, first: int, last: int, flight: _Flight,
+                error: Optional[BaseException]) -> None:
+        with self._lock:
+            for i in range(first, last + 1):
+                if self._flights.get(i) is flight:
+                    del self._flights[i]
+        flight.error = error
+        flight.event.set()
