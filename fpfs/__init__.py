@@ -5,10 +5,13 @@ original safetensors files.
     fpfs.decompress_file(src, dst)    .fpz -> original bytes
     fpfs.verify_file(path)            every chunk checksum and the whole-file SHA-256
     fpfs.open(path)                   read-only file object with pread over a .fpz
+    fpfs.load_file(path, framework)   the tensors of a compressed safetensors file
+Paths may be s3://BUCKET/KEY URLs (fpfs/store/).
 """
 from .compress import CompressResult, compress_file, decompress_file, verify_file
 from .errors import (CorruptChunk, CorruptContainer, FpfsError, NotSafetensors,
                      UnsupportedVersion)
+from .loading import load_file
 from .packed_file import FpzFile, PackedFile
 from .packed_file import open_packed as open  # noqa: A001  (mirrors builtins.open)
 
@@ -16,7 +19,7 @@ __version__ = "0.1.0"
 SUFFIX = ".fpz"
 
 __all__ = [
-    "compress_file", "decompress_file", "verify_file", "open", "FpzFile", "PackedFile",
+    "compress_file", "decompress_file", "verify_file", "open", "load_file", "FpzFile", "PackedFile",
     "CompressResult", "FpfsError", "NotSafetensors", "CorruptContainer", "CorruptChunk",
     "UnsupportedVersion", "SUFFIX",
 ]

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from typing import Dict, List, Optional, Tuple
 
 from . import SUFFIX, __version__
@@ -23,6 +24,9 @@ from .formats import Layout, detect
 from .packed_file import DEFAULT_PREFETCH
 from .progress import ProgressBar, human_bytes
 from .stats import container_stats, merge_stats
+from .store import is_url, split_url
+from .store.s3 import S3Settings
+from .store.s3 import configure as configure_s3
 from .tempfiles import remove_stale
 from .tree import copy_file_atomic, copy_link, copy_metadata, regular_files, walk
 
@@ -136,11 +140,16 @@ def cmd_compress(args) -> int:
         return _compress_in_place(src, args)
     if not args.dst:
         raise UserError("DST is required (or use --in-place)")
+    if is_url(args.dst):
+        return _compress_to_store(src, args.dst, args)
     if os.path.isdir(src):
         return _compress_tree(src, args.dst, args)
+    return _compress_one(src, args.dst, args)
+
+
+def _compress_one(src: str, dst: str, args) -> int:
     if is_container(src):
         raise UserError(f"{src}: already an fpfs container")
-    dst = args.dst
     if os.path.isdir(dst):
         dst = os.path.join(dst, os.path.basename(src) + SUFFIX)
     bar = ProgressBar(os.path.getsize(src), "compress")
@@ -188,6 +197,26 @@ def _compress_tree(src: str, dst: str, args) -> int:
     return EXIT_OK
 
 
+def _compress_to_store(src: str, url: str, args) -> int:
+    """Compress into a local temporary tree (TMPDIR), then publish it (store/publish.py).
+    A file goes to URL itself, or to URL/NAME.fpz when URL ends with a slash."""
+    from .store.publish import publish
+    from .store.s3 import default_store
+    split_url(url)
+    with tempfile.TemporaryDirectory(prefix="fpfs-publish-") as tmp:
+        if os.path.isdir(src):
+            root_url = url
+            _compress_tree(src, tmp, args)
+        else:
+            root_url, name = (url, os.path.basename(src) + SUFFIX) if url.endswith("/") \
+                else url.rsplit("/", 1)
+            _compress_one(src, os.path.join(tmp, name), args)
+        say = print if args.verbose else None
+        total = publish(tmp, root_url, default_store(), say)
+    print(f"{url}: published {human_bytes(total)}, verified")
+    return EXIT_OK
+
+
 def _compress_in_place(src: str, args) -> int:
     root = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
     if os.path.isdir(src):
@@ -225,6 +254,8 @@ def _compress_in_place(src: str, args) -> int:
 # -- decompress / verify / stats -----------------------------------------------------------
 def cmd_decompress(args) -> int:
     src, dst = args.src, args.dst
+    if is_url(src):
+        return _decompress_from_store(src, dst)
     if not os.path.lexists(src):
         raise UserError(f"{src}: no such file or directory")
     if os.path.isfile(src):
@@ -251,7 +282,34 @@ def cmd_decompress(args) -> int:
     return EXIT_OK
 
 
+def _decompress_from_store(url: str, dst: str) -> int:
+    from .store.download import download_tree
+    targets, tree = _remote_containers(url)
+    if tree is None:
+        if os.path.isdir(dst):
+            name = url.rsplit("/", 1)[1]
+            dst = os.path.join(dst, name[:-len(SUFFIX)] if name.endswith(SUFFIX) else name)
+        decompress_file(url, dst)
+        return EXIT_OK
+    download_tree(tree, dst)
+    return EXIT_OK
+
+
+def _remote_containers(url: str):
+    """([container URLs], the tree they are in, or None for a single object URL)."""
+    from .store.remote_tree import RemoteTree
+    from .store.s3 import default_store
+    split_url(url)
+    store = default_store()
+    if url.endswith(SUFFIX) and store.exists(url):
+        return [url], None
+    tree = RemoteTree(store, url)
+    return tree.containers(), tree
+
+
 def _containers(path: str) -> List[str]:
+    if is_url(path):
+        return _remote_containers(path)[0]
     if not os.path.lexists(path):
         raise UserError(f"{path}: no such file or directory")
     if os.path.isfile(path):
@@ -260,13 +318,16 @@ def _containers(path: str) -> List[str]:
 
 
 def cmd_verify(args) -> int:
-    files = _containers(args.path)
+    # A published tree answers base lookups from its manifest (no request per lookup).
+    files, tree = _remote_containers(args.path) if is_url(args.path) \
+        else (_containers(args.path), None)
     if not files:
         raise UserError(f"{args.path}: no .fpz files found")
+    root = tree.url if tree is not None else None
     failed = 0
     for path in files:
         try:
-            verify_file(path)
+            verify_file(path, root=root, store=tree)
         except FpfsError as exc:
             failed += 1
             print(f"FAIL {path}: {exc}")
@@ -302,6 +363,8 @@ def _needed_bases(root: str) -> set:
 
 def cmd_gc(args) -> int:
     from .bases import gc
+    if is_url(args.path):
+        raise UserError("gc works on local trees only")
     if not os.path.isdir(args.path):
         raise UserError(f"{args.path}: not a directory")
     removed = []
@@ -355,6 +418,25 @@ def cmd_mount(args) -> int:
     return launcher.mount(args)
 
 
+def cmd_warmup(args) -> int:
+    from .warmup import check_paths, is_remote, warm_paths, warm_store
+    problem = check_paths(args.paths)
+    if problem:
+        raise UserError(problem)
+    say = print if args.verbose else None
+    if not is_remote(args.paths):
+        total = warm_paths(args.paths, say=say)
+        print(f"read {human_bytes(total)}")
+        return EXIT_OK
+    if not args.cache_dir:
+        raise UserError("warming s3:// needs --cache-dir (the one the mounts will use)")
+    from .store.remote_tree import RemoteConfig
+    config = RemoteConfig(store_settings(args), args.cache_dir, args.disk_cache_size)
+    total = sum(warm_store(url, config, say) for url in args.paths)
+    print(f"{args.cache_dir}: holds the chunks of {human_bytes(total)} of containers")
+    return EXIT_OK
+
+
 def cmd_umount(args) -> int:
     from .mount import launcher
     return launcher.umount(args.mountpoint, lazy=args.lazy)
@@ -363,6 +445,55 @@ def cmd_umount(args) -> int:
 def cmd_status(args) -> int:
     from .mount import launcher
     return launcher.status(args.mountpoint, as_json=args.json)
+
+
+# -- object-store options ------------------------------------------------------------------
+def add_store_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("object store (s3://BUCKET/PREFIX paths)")
+    g.add_argument("--endpoint-url", default=None, metavar="URL",
+                   help="S3 endpoint (default: AWS_ENDPOINT_URL, ~/.aws/config, else AWS); "
+                        "credentials and region as for any AWS tool")
+    g.add_argument("--region", default=None, help="default: AWS_REGION, ~/.aws/config")
+    g.add_argument("--concurrency", type=int, default=S3Settings.concurrency, metavar="N",
+                   help=f"parallel GETs (default {S3Settings.concurrency})")
+    g.add_argument("--request-size", type=parse_size, default=S3Settings.request_size,
+                   metavar="SIZE", help="most bytes one GET fetches; neighbouring chunks are "
+                   f"fetched together (default {human_bytes(S3Settings.request_size)})")
+    g.add_argument("--readahead", type=parse_size, default=S3Settings.readahead,
+                   metavar="SIZE", help="bytes fetched ahead of a sequential reader "
+                   f"(default {human_bytes(S3Settings.readahead)}; 0: off)")
+    g.add_argument("--timeout", type=float, default=S3Settings.read_timeout,
+                   metavar="SECONDS", help="how long a request may stall before it is "
+                   f"retried (default {S3Settings.read_timeout:g})")
+    g.add_argument("--retries", type=int, default=S3Settings.max_attempts - 1, metavar="N",
+                   help="retries of a failed request, with exponential backoff, before the "
+                        f"read fails (EIO through a mount; default {S3Settings.max_attempts - 1})")
+
+
+def add_disk_cache_options(p: argparse.ArgumentParser):
+    g = p.add_argument_group("disk cache of an s3:// backing")
+    g.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="keep fetched compressed chunks here (shared safely by several "
+                        "mounts; default: no disk cache)")
+    g.add_argument("--disk-cache-size", type=parse_size, default=parse_size("10G"),
+                   metavar="SIZE", help="most bytes kept in --cache-dir (default 10G; least "
+                                        "recently used chunks go first)")
+    return g
+
+
+STORE_OPTIONS = ("endpoint_url", "region", "concurrency", "request_size", "readahead",
+                 "timeout", "retries")
+
+
+def store_settings(args) -> S3Settings:
+    if args.concurrency < 1 or args.retries < 0 or args.timeout <= 0 or args.request_size < 1:
+        raise UserError("--concurrency and --request-size must be positive, --retries "
+                        "at least 0, --timeout above 0")
+    return S3Settings(endpoint_url=args.endpoint_url, region=args.region,
+                      connect_timeout=min(S3Settings.connect_timeout, args.timeout),
+                      read_timeout=args.timeout, max_attempts=args.retries + 1,
+                      concurrency=args.concurrency, request_size=args.request_size,
+                      readahead=args.readahead)
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -386,7 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "kept as they are. A file that shares tensors with one compressed "
                        "before it (checkpoint-80 after checkpoint-40, a fine-tune after its "
                        "base) is stored as its difference where that is smaller. Every "
-                       "output is written atomically and verified before it is reported.")
+                       "output is written atomically and verified before it is reported. "
+                       "DST may be s3://BUCKET/PREFIX: the tree is compressed into a "
+                       "temporary directory (TMPDIR), uploaded, read back and verified, and "
+                       "only then is its manifest written (mount it with fpfs mount).")
     c.add_argument("src", metavar="SRC")
     c.add_argument("dst", metavar="DST", nargs="?")
     c.add_argument("--in-place", action="store_true",
@@ -406,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also entropy-code byte planes that save under 1 %% (about 0.1 "
                         "point smaller on BF16, but reads decode about half as fast)")
     c.add_argument("-v", "--verbose", action="store_true", help="one line per file")
+    add_store_options(c)
     c.set_defaults(func=cmd_compress)
 
     d = sub.add_parser("decompress", help="restore original files from .fpz containers",
@@ -413,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "to DST; the whole-file hash is checked before each output appears.")
     d.add_argument("src", metavar="SRC")
     d.add_argument("dst", metavar="DST")
+    add_store_options(d)
     d.set_defaults(func=cmd_decompress)
 
     v = sub.add_parser("verify", help="check every chunk checksum and whole-file hash",
@@ -420,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "checksum and the SHA-256 of the whole original file. Exit code 0: all "
                        "good; 1: at least one file failed.")
     v.add_argument("path", metavar="PATH")
+    add_store_options(v)
     v.set_defaults(func=cmd_verify)
 
     g = sub.add_parser("gc", help="free bases that no delta needs any more",
@@ -433,12 +570,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="sizes, ratios and codec mix per file and dtype")
     s.add_argument("path", metavar="PATH")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    add_store_options(s)
     s.set_defaults(func=cmd_stats)
 
     m = sub.add_parser("mount", help="show a compressed tree as the original files",
-                       description="Mount BACKING (a tree written by `fpfs compress`) at "
-                       "MOUNTPOINT: X.fpz appears as X with its original size and bytes; "
-                       "everything else passes through. Returns once the mount is ready.")
+                       description="Mount BACKING (a tree written by `fpfs compress`, or "
+                       "s3://BUCKET/PREFIX it was published to) at MOUNTPOINT: X.fpz "
+                       "appears as X with its original size and bytes; everything else "
+                       "passes through. Returns once the mount is ready.")
     m.add_argument("backing", metavar="BACKING")
     m.add_argument("mountpoint", metavar="MOUNTPOINT")
     m.add_argument("--foreground", "-f", action="store_true",
@@ -459,7 +598,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where a background mount logs (default ~/.cache/fpfs/<mount>.log)")
     m.add_argument("--debug", action="store_true", help="log every request")
     m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    add_store_options(m)
+    g = add_disk_cache_options(m)
+    g.add_argument("--metadata-ttl", type=float, default=60.0, metavar="SECONDS",
+                   help="how long the tree's listing is trusted before it is read again "
+                        "(default 60)")
     m.set_defaults(func=cmd_mount)
+
+    w = sub.add_parser("warmup", help="pull files in before a server starts",
+                       description="s3://BUCKET/PREFIX: fetch the compressed chunks of every "
+                       "container of the published tree into --cache-dir, where mounts of "
+                       "it with the same --cache-dir find them (no mount needed). Paths in "
+                       "a mount: read every file under them once, filling the mount's "
+                       "caches.")
+    w.add_argument("paths", metavar="PATH", nargs="+")
+    w.add_argument("-v", "--verbose", action="store_true", help="one line per file")
+    add_store_options(w)
+    add_disk_cache_options(w)
+    w.set_defaults(func=cmd_warmup)
 
     u = sub.add_parser("umount", help="unmount an fpfs mount")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -482,6 +638,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        if hasattr(args, "endpoint_url"):
+            configure_s3(store_settings(args))
         return args.func(args)
     except UserError as exc:
         print(f"fpfs: error: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ from .deltas import BaseSource, match_regions
 from .errors import AlreadyCompressed, CorruptContainer, FpfsError
 from .formats import Layout, detect
 from .packed_file import PackedFile
+from .store import Store
 
 Progress = Optional[Callable[[int], None]]   # called with the number of original bytes done
 Chunk = Tuple[int, int, str, Optional[int]]   # offset, length, dtype, offset in the base
@@ -85,7 +86,7 @@ def _ordered_map(pool: ThreadPoolExecutor, fn, items, window: int) -> Iterator:
         yield fut.result()
 
 
-class _AtomicOutput:
+class AtomicOutput:
     """A temporary file beside dst that becomes dst only on commit()."""
 
     def __init__(self, dst: str):
@@ -136,7 +137,7 @@ def compress_file(src: str, dst: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
     threads = threads or os.cpu_count() or 1
     store_root = store_root or os.path.dirname(os.path.abspath(dst))
     source = BaseSource.open(base, store_root) if base else None
-    out = _AtomicOutput(dst)
+    out = AtomicOutput(dst)
     try:
         base_offsets = match_regions(layout, source.layout) if source else {}
         if not base_offsets:
@@ -240,11 +241,13 @@ def verified_original(container: Container, progress: Progress = None) -> Iterat
         raise CorruptContainer(f"{container.path}: whole-file SHA-256 mismatch")
 
 
-def verify_file(path: str, progress: Progress = None, root: Optional[str] = None) -> Container:
+def verify_file(path: str, progress: Progress = None, root: Optional[str] = None,
+                store: Optional[Store] = None) -> Container:
     """Decode every chunk, check every checksum and the whole-file SHA-256 (a delta's base
-    is found and checked too; root bounds where, bases.py). Raises CorruptContainer (or a
-    subclass), or MissingBase, on any mismatch."""
-    packed = PackedFile(path, root=root)
+    is found and checked too; root bounds where, bases.py; path and bases come from store,
+    default: the one path names). Raises CorruptContainer (or a subclass), or MissingBase,
+    on any mismatch."""
+    packed = PackedFile(path, root=root, store=store)
     try:
         for _ in verified_original(packed.container, progress):
             pass
@@ -262,12 +265,12 @@ def write_original(container: Container, out: BinaryIO, progress: Progress = Non
 
 
 def decompress_file(src: str, dst: str, progress: Progress = None,
-                    root: Optional[str] = None) -> int:
-    """Write the original bytes of container src to dst (atomically); returns its size.
-    The whole-file hash is checked before dst appears."""
-    packed = PackedFile(src, root=root)
+                    root: Optional[str] = None, store: Optional[Store] = None) -> int:
+    """Write the original bytes of container src (a path or an s3:// URL) to dst
+    (atomically); returns its size. The whole-file hash is checked before dst appears."""
+    packed = PackedFile(src, root=root, store=store)
     try:
-        out = _AtomicOutput(dst)
+        out = AtomicOutput(dst)
         try:
             write_original(packed.container, out.file, progress)
             out.commit()

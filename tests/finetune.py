@@ -65,6 +65,7 @@ from tests.weights import MODEL_DIR
 DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 FORMATS = ("safetensors", "torch")
 DEFAULT_STEPS = (0, 40, 80, 120)
+SERIES_STEPS = (0, 2, 4)        # the test suite's series (the `series` fixture, conftest.py)
 
 BATCH = 16
 SEQ_LEN = 64

@@ -150,7 +150,9 @@ def mount(backing: str, mountpoint: str, *extra: str, log_file: Optional[str] = 
     finally:
         if pid is None:
             force_unmount(mountpoint, None)
-    return Mount(os.path.abspath(backing), os.path.abspath(mountpoint), pid, log_file)
+    if not backing.startswith("s3://"):
+        backing = os.path.abspath(backing)
+    return Mount(backing, os.path.abspath(mountpoint), pid, log_file)
 
 
 @contextlib.contextmanager

@@ -22,22 +22,15 @@ from fpfs.errors import MissingBase
 from fpfs.formats import detect
 from fpfs.packed_file import PackedFile
 from fpfs.stats import container_stats
-from tests.finetune import make_series
+from tests.finetune import SERIES_STEPS
 from tests.mounting import cli, mounted
 
-STEPS = (0, 2, 4)
+STEPS = SERIES_STEPS          # the `series` fixture (conftest.py)
 
 
 def digest(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-@pytest.fixture(scope="session")
-def series(tmp_path_factory):
-    """step -> path of the BF16 safetensors weights after that many real AdamW steps."""
-    out = str(tmp_path_factory.mktemp("finetune"))
-    return dict(zip(STEPS, make_series(out, steps=STEPS, dtype="BF16")))
 
 
 @pytest.fixture

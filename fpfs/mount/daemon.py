@@ -12,6 +12,8 @@ from typing import Optional
 
 from ..packed_file import DEFAULT_PREFETCH
 from .ops import FpfsOperations, fuse
+from ..store.remote_tree import RemoteConfig
+from .remote_ops import RemoteOperations
 
 log = logging.getLogger("fpfs.mount")
 READAHEAD_KB = 1024
@@ -67,7 +69,10 @@ class _FUSE(fuse.FUSE):
                                          size, offset, fip.contents)
 
 
-class _Operations(FpfsOperations):
+class _Announcing:
+    """Readiness for any fpfs operations class: tells `fpfs mount` (a pipe) and systemd
+    once the mount answers, and raises the mount's readahead."""
+
     def __init__(self, *args, mountpoint: str, ready_fd: Optional[int], **kwargs):
         super().__init__(*args, **kwargs)
         self._mountpoint = mountpoint
@@ -104,12 +109,27 @@ class _Operations(FpfsOperations):
         sd_notify("READY=1\nSTATUS=serving " + self.root)
 
 
+class _LocalOperations(_Announcing, FpfsOperations):
+    pass
+
+
+class _RemoteOperations(_Announcing, RemoteOperations):
+    pass
+
+
 def run(backing: str, mountpoint: str, cache_bytes: int, threads: int,
         allow_other: bool = False, debug: bool = False, ready_fd: Optional[int] = None,
-        writable: bool = False, prefetch: int = DEFAULT_PREFETCH) -> None:
+        writable: bool = False, prefetch: int = DEFAULT_PREFETCH,
+        remote: Optional[RemoteConfig] = None) -> None:
+    """Serve backing (a local tree, or with remote an s3:// URL) at mountpoint until
+    unmounted."""
     tune_malloc()
-    ops = _Operations(backing, cache_bytes, threads, writable, prefetch, mountpoint=mountpoint,
-                      ready_fd=ready_fd)
+    if remote is not None:
+        ops = _RemoteOperations(backing, remote, cache_bytes, threads, prefetch,
+                                mountpoint=mountpoint, ready_fd=ready_fd)
+    else:
+        ops = _LocalOperations(backing, cache_bytes, threads, writable, prefetch,
+                               mountpoint=mountpoint, ready_fd=ready_fd)
     options = dict(foreground=True, nothreads=False, ro=not writable, default_permissions=True,
                    hard_remove=True,
                    fsname="fpfs:" + ops.root, subtype="fpfs", debug=debug)

@@ -10,10 +10,13 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import List, Optional
 
 from ..errors import FpfsError
 from ..progress import human_bytes
+from ..store import is_url
 from .fuse_lib import FuseUnavailable
+from ..store.remote_tree import RemoteConfig, open_tree
 
 READY_TIMEOUT = 60
 
@@ -23,7 +26,7 @@ class MountError(FpfsError):
 
 
 def check_environment(backing: str, mountpoint: str) -> None:
-    if not os.path.isdir(backing):
+    if not is_url(backing) and not os.path.isdir(backing):
         raise MountError(f"{backing}: backing directory does not exist")
     if not os.path.isdir(mountpoint):
         raise MountError(f"{mountpoint}: mountpoint does not exist (create it with mkdir)")
@@ -32,7 +35,7 @@ def check_environment(backing: str, mountpoint: str) -> None:
     if os.listdir(mountpoint):
         raise MountError(f"{mountpoint}: mountpoint is not empty")
     real_b, real_m = os.path.realpath(backing), os.path.realpath(mountpoint)
-    if real_m == real_b or real_m.startswith(real_b + os.sep):
+    if not is_url(backing) and (real_m == real_b or real_m.startswith(real_b + os.sep)):
         raise MountError("the mountpoint must not be inside the backing directory")
     if not os.path.exists("/dev/fuse"):
         raise FuseUnavailable("/dev/fuse is missing: load the fuse module (modprobe fuse) or, "
@@ -47,9 +50,23 @@ def default_log_file(mountpoint: str) -> str:
     return os.path.join(base, "fpfs", f"mount-{name}.log")
 
 
+def remote_config(args) -> Optional[RemoteConfig]:
+    """How to reach and cache an s3:// backing (None for a local one)."""
+    if not is_url(args.backing):
+        return None
+    from ..cli import store_settings
+    if args.writable:
+        raise MountError("an s3:// backing is mounted read-only (drop --writable)")
+    return RemoteConfig(store_settings(args), args.cache_dir, args.disk_cache_size,
+                        args.metadata_ttl)
+
+
 def mount(args) -> int:
     check_environment(args.backing, args.mountpoint)
+    remote = remote_config(args)
     threads = args.threads or os.cpu_count() or 2
+    if remote is not None and not args.foreground:
+        open_tree(args.backing, remote)     # fail here, in one line, if it is unreachable
     if args.foreground:
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -57,7 +74,7 @@ def mount(args) -> int:
         from .daemon import run
         ready_fd = getattr(args, "ready_fd", None)
         run(args.backing, args.mountpoint, args.cache_size, threads, args.allow_other,
-            args.debug, ready_fd, args.writable, args.prefetch)
+            args.debug, ready_fd, args.writable, args.prefetch, remote)
         return 0
     return _spawn(args, threads)
 
@@ -66,10 +83,11 @@ def _spawn(args, threads: int) -> int:
     log_file = args.log_file or default_log_file(args.mountpoint)
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
     r, w = os.pipe()
-    cmd = [sys.executable, "-m", "fpfs.cli", "mount", os.path.abspath(args.backing),
+    backing = args.backing if is_url(args.backing) else os.path.abspath(args.backing)
+    cmd = [sys.executable, "-m", "fpfs.cli", "mount", backing,
            os.path.abspath(args.mountpoint), "--foreground", "--cache-size",
            str(args.cache_size), "--threads", str(threads), "--prefetch", str(args.prefetch),
-           "--ready-fd", str(w)]
+           "--ready-fd", str(w)] + _store_flags(args)
     if args.allow_other:
         cmd.append("--allow-other")
     if args.writable:
@@ -90,6 +108,21 @@ def _spawn(args, threads: int) -> int:
         raise MountError(f"mount failed; see {log_file}:\n" + _tail(log_file))
     print(f"mounted {args.backing} at {args.mountpoint} (pid {proc.pid}, log {log_file})")
     return 0
+
+
+def _store_flags(args) -> List[str]:
+    """The object-store options again, for the daemon's command line."""
+    from ..cli import STORE_OPTIONS
+    flags = []
+    names = STORE_OPTIONS + (("cache_dir", "disk_cache_size", "metadata_ttl")
+                             if is_url(args.backing) else ())
+    for name in names:
+        value = getattr(args, name)
+        if value is not None:
+            if name == "cache_dir":
+                value = os.path.abspath(value)
+            flags += ["--" + name.replace("_", "-"), str(value)]
+    return flags
 
 
 def _wait_ready(fd: int, proc: subprocess.Popen) -> bool:

@@ -62,16 +62,14 @@ class ChunkFetcher:
     def prepare(self, first: int, last: int) -> None:
         with self._lock:
             sequential = self._next - REORDER_CHUNKS <= first <= self._next + REORDER_CHUNKS
-            self._next = max(self._next, last + 1) if sequential else last + 1
+            if sequential:
+                self._next = max(self._next, last + 1)
+            else:                       # a jump: read-ahead starts again from here
+                self._next = self._ahead = last + 1
             runs = self._claim(first, last + 1)
-            ahead: List[Tuple[int, int, _Flight]] = []
             if sequential and self._settings.readahead > 0:
-                start = max(self._ahead, last + 1)
-                stop = self._readahead_end(last + 1)
-                if stop > start:
-                    ahead = self._claim(start, stop)
-                    self._ahead = stop
-        for run in runs + ahead:
+                runs += self._top_up(last + 1)
+        for run in runs:
             self._submit(run)
 
     def read_into(self, index: int, out: memoryview) -> int:
@@ -89,10 +87,7 @@ class ChunkFetcher:
                 if self._disk is not None and self._disk.read_into(self._disk_key(index), out):
                     self._store.stats.add(disk_hits=1)
                     return len(out)
-                with self._lock:
-                    runs = self._claim(index, index + 1, check_disk=False)
-                for run in runs:
-                    self._submit(run)
+                self.prepare(index, index)     # also starts read-ahead if sequential
                 with self._lock:
                     flight = self._flights.get(index)
                 if flight is None:
@@ -106,21 +101,30 @@ class ChunkFetcher:
                          f"(read-ahead buffer too small)")
 
     # -- planning (under the lock) -----------------------------------------------------
-    def _readahead_end(self, start: int) -> int:
-        if start >= len(self._offsets):
-            return start
-        limit = self._offsets[start] + self._settings.readahead
-        return int(np.searchsorted(self._ends, limit, side="right"))
+    def _top_up(self, start: int) -> List[Tuple[int, int, "_Flight"]]:
+        """Claim read-ahead up to `readahead` bytes past start, once less than half of that
+        is left ahead of the reader: so read-ahead goes out in GETs of request_size, not
+        one small GET per reader request."""
+        n = len(self._offsets)
+        if start >= n:
+            return []
+        ahead = max(self._ahead, start)
+        left = (self._offsets[ahead] if ahead < n else self._ends[-1]) - self._offsets[start]
+        if left >= self._settings.readahead // 2:
+            return []
+        stop = int(np.searchsorted(self._ends, self._offsets[start] + self._settings.readahead,
+                                   side="right"))
+        self._ahead = max(ahead, stop)
+        return self._claim(ahead, stop)
 
-    def _claim(self, start: int, stop: int,
-               check_disk: bool = True) -> List[Tuple[int, int, _Flight]]:
+    def _claim(self, start: int, stop: int) -> List[Tuple[int, int, _Flight]]:
         """Runs (first, last, flight) of chunks in [start, stop) nobody has or fetches, each
         at most request_size bytes, registered as in flight."""
         runs = []
         first = -1
         for i in range(start, min(stop, len(self._offsets))):
             wanted = i not in self._ready and i not in self._flights and \
-                not (check_disk and self._disk is not None and self._on_disk(i))
+                not (self._disk is not None and self._on_disk(i))
             if wanted and first >= 0 and \
                     self._ends[i] - self._offsets[first] > self._settings.request_size:
                 runs.append(self._register(first, i - 1))

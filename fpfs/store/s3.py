@@ -99,6 +99,7 @@ class S3Store(Store):
     cache (disk_cache.py) that every object opened from it uses."""
 
     def __init__(self, settings: S3Settings = S3Settings(), disk_cache=None):
+        require_boto3()
         import boto3
         from botocore.config import Config
         self.settings = settings

@@ -1,0 +1,183 @@
+"""The object-store pieces that need no server: the disk cache of chunk payloads (damaged
+entries, bounds, sharing, a killed writer's leftovers, a full disk), the manifest's
+validation of hostile input, and the URL rules bases are found by."""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import subprocess
+import threading
+
+import pytest
+
+from fpfs.bases import find_base
+from fpfs.errors import MissingBase
+from fpfs.store import split_url, url_ancestors
+from fpfs.store.disk_cache import ENTRY, DiskCache
+from fpfs.store.manifest import CorruptManifest, Entry, dumps, loads
+from fpfs.tempfiles import TMP_PREFIX
+
+
+def payload(i: int, size: int = 1000) -> bytes:
+    return bytes((i * 7 + j) % 251 for j in range(size))
+
+
+def read(cache: DiskCache, key: str, size: int = 1000):
+    out = bytearray(size)
+    return bytes(out) if cache.read_into(key, memoryview(out)) else None
+
+
+def entry_files(directory: str):
+    return [os.path.join(d, n) for d, _, names in os.walk(directory) for n in names
+            if not n.startswith(TMP_PREFIX)]
+
+
+# -- disk cache -----------------------------------------------------------------------------
+def test_round_trip_and_misses(tmp_path):
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    cache.put("a", payload(1))
+    assert read(cache, "a") == payload(1)
+    assert read(cache, "b") is None
+    assert read(cache, "a", 999) is None        # another length: not this entry
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "header"])
+def test_damaged_entry_is_dropped_never_served(tmp_path, damage, caplog):
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    cache.put("k", payload(2))
+    (path,) = entry_files(str(tmp_path))
+    data = bytearray(open(path, "rb").read())
+    if damage == "flip":
+        data[ENTRY.size + 500] ^= 1
+    elif damage == "truncate":
+        data = data[:-10]
+    elif damage == "empty":               # renamed into place, never written (power loss)
+        data = bytearray()
+    else:
+        data[0] ^= 0xFF
+    open(path, "wb").write(data)
+    with caplog.at_level(logging.WARNING, "fpfs.store"):
+        assert read(cache, "k") is None
+    assert not os.path.exists(path)
+    assert "damaged" in caplog.text
+    cache.put("k", payload(2))
+    assert read(cache, "k") == payload(2)
+
+
+def test_bounded_least_recently_used_first(tmp_path):
+    entry = 1000 + ENTRY.size
+    cache = DiskCache(str(tmp_path), 10 * entry)
+    for i in range(10):
+        cache.put(f"k{i}", payload(i))
+    for path in entry_files(str(tmp_path)):
+        os.utime(path, (1000, 1000))            # all long unused ...
+    assert read(cache, "k0") == payload(0)       # ... but k0, just hit
+    for i in range(10, 14):
+        cache.put(f"k{i}", payload(i))
+    used = sum(os.path.getsize(p) for p in entry_files(str(tmp_path)))
+    assert used <= 10 * entry
+    assert read(cache, "k0") == payload(0)
+    assert read(cache, "k13") == payload(13)
+    assert sum(read(cache, f"k{i}") is not None for i in range(1, 10)) < 9
+
+
+def test_shared_by_two_caches_and_many_threads(tmp_path):
+    a, b = DiskCache(str(tmp_path), 1 << 20), DiskCache(str(tmp_path), 1 << 20)
+    errors = []
+
+    def work(cache, n):
+        try:
+            for i in range(50):
+                cache.put(f"k{i % 10}", payload(i % 10))
+                got = read(cache, f"k{(i + n) % 10}")
+                assert got in (None, payload((i + n) % 10))
+        except BaseException as exc:        # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(c, n)) for n, c in enumerate([a, b] * 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(read(b, f"k{i}") == payload(i) for i in range(10))
+    assert not [n for d, _, ns in os.walk(tmp_path) for n in ns if n.startswith(TMP_PREFIX)]
+
+
+def test_killed_writers_leftovers_are_removed_live_ones_kept(tmp_path):
+    os.makedirs(tmp_path / "ab")
+    dead = tmp_path / "ab" / (TMP_PREFIX + "dead")
+    dead.write_bytes(b"half an entry")
+    live = tmp_path / "ab" / (TMP_PREFIX + "live")
+    live.write_bytes(b"being written")
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        DiskCache(str(tmp_path), 1 << 20)
+        assert not dead.exists() and live.exists()
+    finally:
+        os.close(fd)
+
+
+def test_full_disk_turns_the_cache_off_with_a_log_line(tmp_path, caplog):
+    """A real full filesystem: a 1 MiB tmpfs (needs root, as the mount tests do)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        cache = DiskCache(str(small), 100 << 20)
+        with caplog.at_level(logging.ERROR, "fpfs.store"):
+            for i in range(20):
+                cache.put(f"k{i}", payload(i, 100_000))
+        assert "disk full" in caplog.text
+        assert caplog.text.count("disk full") == 1       # once, then off for a while
+        assert read(cache, "k0", 100_000) == payload(0, 100_000)
+        assert not [n for d, _, ns in os.walk(small) for n in ns if n.startswith(TMP_PREFIX)]
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+# -- manifest -------------------------------------------------------------------------------
+def test_manifest_round_trip():
+    entries = [Entry("a", "dir", mode=0o755), Entry("a/b", "link", target="../x"),
+               Entry("a/c.fpz", "file", size=3, etag='"e"', original_size=9, mtime_ns=5)]
+    got = loads(dumps(entries), "test")
+    assert list(got.values()) == entries
+
+
+@pytest.mark.parametrize("doc", [
+    b"not json", b"[]", b'{"fpfs_manifest": 2, "entries": []}',
+    b'{"fpfs_manifest": 1, "entries": {}}',
+    b'{"fpfs_manifest": 1, "entries": [{"path": "../x", "kind": "file"}]}',
+    b'{"fpfs_manifest": 1, "entries": [{"path": "/etc/passwd", "kind": "file"}]}',
+    b'{"fpfs_manifest": 1, "entries": [{"path": "a//b", "kind": "file"}]}',
+    b'{"fpfs_manifest": 1, "entries": [{"path": "a/./b", "kind": "dir"}]}',
+    b'{"fpfs_manifest": 1, "entries": [{"path": "a\\u0000b", "kind": "file"}]}',
+    b'{"fpfs_manifest": 1, "entries": [{"path": "a", "kind": "fifo"}]}',
+    b'{"fpfs_manifest": 1, "entries": [{"path": "a", "kind": "file", "size": -1}]}',
+    b'{"fpfs_manifest": 1, "entries": [{"path": "a", "kind": "file", "size": true}]}',
+    b'{"fpfs_manifest": 1, "entries": [{"path": "a", "kind": "link", "target": 3}]}',
+    b'[' * 100000,
+])
+def test_hostile_manifests_are_rejected(doc):
+    with pytest.raises(CorruptManifest):
+        loads(doc, "test")
+
+
+# -- URLs and bases -------------------------------------------------------------------------
+def test_url_rules():
+    assert split_url("s3://b/p/x.fpz") == ("b", "p/x.fpz")
+    assert split_url("s3://b") == ("b", "")
+    assert list(url_ancestors("s3://b/p/q/x.fpz")) == ["s3://b/p/q", "s3://b/p", "s3://b"]
+    assert list(url_ancestors("s3://b/p/q/x.fpz", "s3://b/p/")) == ["s3://b/p/q", "s3://b/p"]
+
+
+def test_find_base_on_urls():
+    sha = bytes(range(32))
+    name = f".fpfs-bases/{sha.hex()}.fpz"
+    present = {f"s3://b/p/{name}"}
+    assert find_base("s3://b/p/q/x.fpz", sha, "s3://b/p", present.__contains__) == \
+        f"s3://b/p/{name}"
+    with pytest.raises(MissingBase):
+        find_base("s3://b/p/q/x.fpz", sha, "s3://b/p/q", present.__contains__)
