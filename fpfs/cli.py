@@ -591,7 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_PREFETCH}; 0 turns prefetch off)")
     m.add_argument("--writable", action="store_true",
                    help="allow writes: files written through the mount are stored "
-                        "compressed (safetensors, by content) or as they are, on close")
+                        "compressed (weight formats and files of 64 KiB or more, by "
+                        "content; as a delta when a file beside them holds the same "
+                        "tensors) or as they are, on close")
     m.add_argument("--allow-other", action="store_true",
                    help="let other users access the mount (file modes are enforced)")
     m.add_argument("--log-file", default=None,
