@@ -16,10 +16,8 @@ fails to open with MissingBase naming the SHA-256 it needs: never wrong bytes.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Callable, Iterable, Iterator, List, Optional, Set
 
-from . import tempfiles
 from .errors import MissingBase
 from .store import is_url, join_url, store_for, url_ancestors
 
@@ -78,25 +76,9 @@ def keep_base(container_path: str, store_root: str, sha256: bytes) -> str:
     except FileExistsError:
         pass
     except OSError:                 # another filesystem, or no hard links: copy
-        fd, tmp = tempfiles.create(store)
-        try:
-            with open(container_path, "rb") as src, os.fdopen(os.dup(fd), "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            raise
-        finally:
-            os.close(fd)
+        from .tree import copy_file_atomic      # tree.py imports this module
+        copy_file_atomic(container_path, target)
     return target
-
-
-def is_store_path(rel_path: str) -> bool:
-    """Whether a path relative to a tree lies in a base store (hidden from users)."""
-    return BASES_DIR in rel_path.split(os.sep)
 
 
 def gc(root: str, needed: Iterable[bytes]) -> List[str]:

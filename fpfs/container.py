@@ -8,7 +8,7 @@ import struct
 import threading
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator, Optional, Tuple, Union
+from typing import BinaryIO, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import xxhash

@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 
 from .container import is_container
 from .formats import Layout, Region, detect, recognise

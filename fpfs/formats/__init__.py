@@ -12,8 +12,8 @@ parser recognises is still stored losslessly - as plain bytes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable, List, Optional, Tuple
 
 from ..errors import FpfsError
 
