@@ -1205,7 +1205,6 @@ def run_atheris(camp: Campaign, seconds: float, seed: int, stats_file: Optional[
     both targets the first byte of an input selects one; codec inputs are
     CodecInput.encode() (codec id, chunk length, base index, payload)."""
     import atheris
-    rnd = random.Random(seed)
     last = [time.monotonic()]
     both = len(camp.targets) > 1
 
@@ -1290,23 +1289,38 @@ def main(argv: Optional[List[str]] = None) -> int:
     resource.setrlimit(resource.RLIMIT_AS, (8 << 30, hard))
     with tempfile.TemporaryDirectory(prefix="fpfs-fuzzf-", dir=args.workdir or "/dev/shm"
                                      if os.path.isdir("/dev/shm") else None) as wd:
-        camp = Campaign(wd, os.path.abspath(args.findings), targets)
-        camp.keep_going = args.keep_going
-        camp.watchdog(args.hang_seconds)
-        print(f"engine {engine}, seed {args.seed}, targets {','.join(targets)}, "
-              f"{len(camp.format_seeds)} file seeds, {len(camp.codec_seeds)} payload seeds, "
-              f"{len(camp.bases)} base files, {args.seconds:.0f} s", flush=True)
-        if engine == "atheris":
-            rc = run_atheris(camp, args.seconds, args.seed, args.stats)
-        else:
-            rc = run_random(camp, args.seconds, args.seed, args.stats)
-        report = camp.report()
-        report["engine"] = engine
-        print(json.dumps(report, indent=1))
-        if args.stats:
-            _write_stats(args.stats, camp)
-        return rc
+        if engine != "atheris":
+            return _campaign(wd, args, engine, targets)
+        # libFuzzer ends the process with exit(): run it in a child, so that this process
+        # removes the scratch directory (seeds, corpus) afterwards.
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            rc = 70
+            try:
+                rc = _campaign(wd, args, engine, targets)
+            finally:
+                os._exit(rc)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
+
+def _campaign(wd: str, args, engine: str, targets: List[str]) -> int:
+    camp = Campaign(wd, os.path.abspath(args.findings), targets)
+    camp.keep_going = args.keep_going
+    camp.watchdog(args.hang_seconds)
+    print(f"engine {engine}, seed {args.seed}, targets {','.join(targets)}, "
+          f"{len(camp.format_seeds)} file seeds, {len(camp.codec_seeds)} payload seeds, "
+          f"{len(camp.bases)} base files, {args.seconds:.0f} s", flush=True)
+    if engine == "atheris":
+        rc = run_atheris(camp, args.seconds, args.seed, args.stats)
+    else:
+        rc = run_random(camp, args.seconds, args.seed, args.stats)
+    report = camp.report()
+    report["engine"] = engine
+    print(json.dumps(report, indent=1))
+    if args.stats:
+        _write_stats(args.stats, camp)
+    return rc
 
 if __name__ == "__main__":
     sys.exit(main())

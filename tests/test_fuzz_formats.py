@@ -103,7 +103,8 @@ def _st(header: str) -> bytes:
     return struct.pack("<Q", len(js)) + js + bytes(16)
 
 
-@pytest.mark.parametrize("literal", ["1" + "0" * 5000, "-" + "9" * 4301])
+@pytest.mark.parametrize("literal", ["1" + "0" * 5000, "-" + "9" * 4301],
+                         ids=["5001-digits", "minus-4301-digits"])
 def test_safetensors_huge_integer_is_plain_bytes(literal):
     """A JSON integer of more than 4300 digits made json.loads raise a plain ValueError
     (int_max_str_digits), not JSONDecodeError: it escaped recognise()."""
