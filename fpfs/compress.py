@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import tempfiles
-from .bases import keep_base
+from .bases import BASES_DIR, keep_base, stored_name
 from .codecs import DEFAULT_MIN_SAVING_PPM, block_type, dtype_code, encode_chunk
 from .container import (DEFAULT_CHUNK_SIZE, BaseRef, ChunkRecord, Container, ContainerWriter,
                         checksum, is_container, validate_chunk_size)
@@ -197,7 +197,6 @@ def _store_base(source: BaseSource, store_root: str, chunk_size: int, threads: i
     if source.container_path is not None:
         keep_base(source.container_path, store_root, source.sha256)
         return
-    from .bases import BASES_DIR, stored_name
     target = os.path.join(store_root, BASES_DIR, stored_name(source.sha256))
     if not os.path.isfile(target):
         os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -120,7 +120,7 @@ def container_layout(path: str, root: Optional[str] = None) -> Tuple[Layout, int
     hold its format's metadata."""
     with FpzFile(path, root=root) as f:
         layout, _ = recognise(f, f.size)
-        return layout, f._packed.depth
+        return layout, f.depth
 
 
 # How many files beside a newly written one are looked at as its possible base.

@@ -206,6 +206,11 @@ class FpzFile(io.RawIOBase):
     def size(self) -> int:
         return self._packed.size
 
+    @property
+    def depth(self) -> int:
+        """How many bases deep this file's chain of deltas goes (0: not a delta)."""
+        return self._packed.depth
+
     def readable(self) -> bool:
         return True
 
