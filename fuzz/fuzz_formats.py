@@ -83,7 +83,7 @@ with _instrument:
                               zip_entries as _f8)
 
 from fuzz.fuzz_container import (INTERESTING, OP_KINDS, Op, Violation,  # noqa: E402
-                                 _safetensors, apply_ops, random_ops)
+                                 _safetensors, _write_stats, apply_ops, random_ops)
 
 # Bounds of the oracle (the brief of the campaign: inputs < 1 MB).
 CPU_SECONDS = 2.0
@@ -791,7 +791,8 @@ def _kquant_like(x: np.ndarray, name: str) -> np.ndarray:
 
 def _blocks_payload(raw: bytes, name: str) -> bytes:
     """A BLOCKS payload of raw even when it does not beat RAW (encode() returns None then)."""
-    from fpfs.codecs.blocks import _HEAD, _SUB, _SUBCODECS, BLOCK_TYPES
+    from fpfs.codecs.blocks import _HEAD, _SUB, BLOCK_TYPES
+    from fpfs.codecs.substreams import SUBCODECS
     bt = BLOCK_TYPES[name]
     blocks = np.frombuffer(raw, np.uint8).reshape(-1, bt.block_bytes)
     head = [_HEAD.pack(bt.block_bytes, len(bt.fields))]
@@ -800,11 +801,11 @@ def _blocks_payload(raw: bytes, name: str) -> bytes:
     for j, f in enumerate(bt.fields):
         stream = memoryview(np.ascontiguousarray(blocks[:, f.offset:f.offset + f.length])).cast("B")
         sub, body = 0, bytes(stream)
-        planes = _SUBCODECS[1].encode(stream, f.dtype, 0)
+        planes = SUBCODECS[1].encode(stream, f.dtype, 0)
         if planes is not None and j % 2 == 0:
             sub, body = 1, planes
         elif j % 3 == 1:
-            sub, body = 2, _SUBCODECS[2].encode(stream, 3)
+            sub, body = 2, SUBCODECS[2].encode(stream, 3)
         head.append(_SUB.pack(sub, len(body)))
         bodies.append(body)
     return b"".join(head + bodies)
@@ -1252,13 +1253,6 @@ def run_atheris(camp: Campaign, seconds: float, seed: int, stats_file: Optional[
     atheris.Setup(argv, test_one, custom_mutator=mutator)
     atheris.Fuzz()
     return 0
-
-
-def _write_stats(path: str, camp: Campaign) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(camp.report(), f, indent=1)
-    os.replace(tmp, path)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -78,27 +78,15 @@ def block_type(dtype: str) -> Optional[BlockType]:
 
 # -- the BLOCKS codec (FORMAT.md, codec 3) -----------------------------------------------------
 import struct  # noqa: E402
-import threading  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from .errors import DecodeError  # noqa: E402
-from .general import LEVEL_TYPED, ZstdCodec  # noqa: E402
-from .planes import PlanesCodec, RawCodec  # noqa: E402
+from .substreams import SUBCODECS, smallest, work_buffer  # noqa: E402
 
 MAX_FIELDS = 32
 _HEAD = struct.Struct("<HB")
 _SUB = struct.Struct("<BI")
-_SUBCODECS = {c.codec_id: c for c in (RawCodec(), PlanesCodec(), ZstdCodec())}
-_local = threading.local()
-
-
-def _field_buffer(n: int) -> np.ndarray:
-    """Per-thread buffer for one field stream (PlanesCodec uses planes.scratch itself)."""
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.size < n:
-        buf = _local.buf = np.empty(max(n, 1 << 16), dtype=np.uint8)
-    return buf
 
 
 class BlocksCodec:
@@ -119,13 +107,7 @@ class BlocksCodec:
         for f in btype.fields:
             stream = memoryview(np.ascontiguousarray(blocks[:, f.offset:f.offset + f.length])
                                 ).cast("B")
-            sub, body = 0, bytes(stream)
-            planes = _SUBCODECS[1].encode(stream, f.dtype, min_saving_ppm)
-            if planes is not None and len(planes) < len(body):
-                sub, body = 1, planes
-            packed = _SUBCODECS[2].encode(stream, LEVEL_TYPED)
-            if len(packed) < len(body):
-                sub, body = 2, packed
+            sub, body = smallest(stream, f.dtype, min_saving_ppm)
             head.append(_SUB.pack(sub, len(body)))
             bodies.append(body)
         payload = b"".join(head + bodies)
@@ -154,10 +136,10 @@ class BlocksCodec:
         dst = np.frombuffer(out, dtype=np.uint8).reshape(nblocks, block_bytes)
         offset = 0
         for length, (sub, size) in zip(lengths, subs):
-            codec = _SUBCODECS.get(sub)
+            codec = SUBCODECS.get(sub)
             if codec is None:
                 raise DecodeError(f"blocks payload: unknown field codec {sub}")
-            field = _field_buffer(nblocks * length)[:nblocks * length]
+            field = work_buffer("field", nblocks * length)
             codec.decode_into(payload[pos:pos + size], memoryview(field))
             dst[:, offset:offset + length] = field.reshape(nblocks, length)
             pos += size

@@ -9,7 +9,6 @@ the planes of those elements alone costs one bit (less, coded) per element in al
 from __future__ import annotations
 
 import struct
-import threading
 from typing import Optional
 
 import numpy as np
@@ -17,38 +16,13 @@ import numpy as np
 from .. import _kernels
 from .dtypes import plane_layout
 from .errors import DecodeError
-from .general import LEVEL_TYPED, ZstdCodec
-from .planes import PlanesCodec, RawCodec
+from .substreams import SUBCODECS, smallest, work_buffer
 
 _HEAD = struct.Struct("<BBHIBIB")    # width, zero, zero, nonzero count, mask codec,
 #                                       mask length, values codec
-_SUBCODECS = {c.codec_id: c for c in (RawCodec(), PlanesCodec(), ZstdCodec())}
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 # Below this share of zero elements the bitmap costs more than it saves.
 MIN_ZERO_SHARE = 0.1
-
-
-_local = threading.local()
-
-
-def _buffer(name: str, n: int) -> np.ndarray:
-    """A per-thread work buffer of exactly n bytes (reused: fresh buffers page-fault)."""
-    buf = getattr(_local, name, None)
-    if buf is None or buf.size < n:
-        buf = np.empty(max(n, 1 << 16), dtype=np.uint8)
-        setattr(_local, name, buf)
-    return buf[:n]
-
-
-def _smallest(stream: memoryview, dtype: str, min_saving_ppm: int, layout=None):
-    best = (0, bytes(stream))
-    planes = _SUBCODECS[1].encode(stream, dtype, min_saving_ppm, layout)
-    if planes is not None and len(planes) < len(best[1]):
-        best = (1, planes)
-    packed = _SUBCODECS[2].encode(stream, LEVEL_TYPED)
-    if len(packed) < len(best[1]):
-        best = (2, packed)
-    return best
 
 
 class MaskedCodec:
@@ -66,9 +40,9 @@ class MaskedCodec:
         if k > (1 - MIN_ZERO_SHARE) * elements.size:
             return None
         mask = np.packbits(nonzero, bitorder="little")
-        mask_codec, mask_body = _smallest(memoryview(mask), "U8", min_saving_ppm)
+        mask_codec, mask_body = smallest(memoryview(mask), "U8", min_saving_ppm)
         values = np.ascontiguousarray(elements[nonzero]).view(np.uint8)
-        values_codec, values_body = _smallest(memoryview(values), dtype, min_saving_ppm,
+        values_codec, values_body = smallest(memoryview(values), dtype, min_saving_ppm,
                                               (width, rot) if k else None)
         payload = _HEAD.pack(width, 0, 0, k, mask_codec, len(mask_body), values_codec) + \
             mask_body + values_body
@@ -81,16 +55,16 @@ class MaskedCodec:
             raise DecodeError("masked payload truncated")
         width, z1, z2, k, mask_codec, mask_len, values_codec = _HEAD.unpack_from(payload, 0)
         if z1 or z2 or width not in _UINT or n % width or \
-                mask_codec not in _SUBCODECS or values_codec not in _SUBCODECS:
+                mask_codec not in SUBCODECS or values_codec not in SUBCODECS:
             raise DecodeError("masked payload: bad header")
         count = n // width
         if k > count or _HEAD.size + mask_len > len(payload):
             raise DecodeError("masked payload: lengths exceed the chunk")
-        mask = _buffer("mask", (count + 7) // 8)
-        _SUBCODECS[mask_codec].decode_into(payload[_HEAD.size:_HEAD.size + mask_len],
+        mask = work_buffer("mask", (count + 7) // 8)
+        SUBCODECS[mask_codec].decode_into(payload[_HEAD.size:_HEAD.size + mask_len],
                                            memoryview(mask))
-        values = _buffer("values", k * width + _kernels.MASK_SLACK)
-        _SUBCODECS[values_codec].decode_into(payload[_HEAD.size + mask_len:],
+        values = work_buffer("values", k * width + _kernels.MASK_SLACK)
+        SUBCODECS[values_codec].decode_into(payload[_HEAD.size + mask_len:],
                                              memoryview(values)[:k * width])
         try:
             _kernels.mask_expand(out, mask, values, k, width)
