@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "fpfs_simd.h"
+
 #define FPFS_OK 0
 #define FPFS_ERR_TABLE (-1)      /* malformed frequency table */
 #define FPFS_ERR_TRUNCATED (-2)  /* stream ends before all symbols are decoded */
@@ -31,6 +33,7 @@
 #define FPFS_PLANE_RAW 0
 #define FPFS_PLANE_RANS 1
 #define FPFS_PLANE_CONST 2
+#define FPFS_PLANE_RANS32 3      /* format version 3: fpfs_rans32.h */
 #define FPFS_PLANES_HEADER 2
 #define FPFS_PLANE_ENTRY 5
 
@@ -289,6 +292,8 @@ static inline int fpfs_rans_decode(const uint8_t *src, ptrdiff_t srclen, uint8_t
     return FPFS_OK;
 }
 
+#include "fpfs_rans32.h"
+
 static inline uint16_t fpfs_rotl16(uint16_t v, int r) {
     return r ? (uint16_t)((v << r) | (v >> ((16 - r) & 15))) : v;
 }
@@ -299,21 +304,89 @@ static inline uint64_t fpfs_rotl64(uint64_t v, int r) {
     return r ? (v << r) | (v >> ((64 - r) & 63)) : v;
 }
 
-/* Inverse of the plane split: plane j holds byte (width-1-j) of rotl(element, rot). */
-static inline void fpfs_merge_planes(const uint8_t *src, ptrdiff_t n, int width, int rot,
-                                     uint8_t *dst) {
+#ifdef FPFS_HAVE_AVX2_KERNELS
+/* AVX2 merges of 2 and 4 planes, 32 elements per iteration; the portable loop below
+   finishes the last n % 32 (and is what they are tested against). */
+FPFS_AVX2 static inline ptrdiff_t fpfs_merge2_avx2(const uint8_t *p0, const uint8_t *p1,
+                                                  ptrdiff_t n, int rot, uint8_t *dst) {
+    const __m128i right = _mm_cvtsi32_si128(rot), left = _mm_cvtsi32_si128((16 - rot) & 15);
     ptrdiff_t i;
+    for (i = 0; i + 32 <= n; i += 32) {
+        /* element order: the 64-bit quarters go to the halves unpack works within */
+        __m256i hi = _mm256_permute4x64_epi64(_mm256_loadu_si256((const __m256i *)(p0 + i)), 0xD8);
+        __m256i lo = _mm256_permute4x64_epi64(_mm256_loadu_si256((const __m256i *)(p1 + i)), 0xD8);
+        __m256i a = _mm256_unpacklo_epi8(lo, hi), b = _mm256_unpackhi_epi8(lo, hi);
+        if (rot) {   /* rotate right by rot = left by 16 - rot */
+            a = _mm256_or_si256(_mm256_srl_epi16(a, right), _mm256_sll_epi16(a, left));
+            b = _mm256_or_si256(_mm256_srl_epi16(b, right), _mm256_sll_epi16(b, left));
+        }
+        _mm256_storeu_si256((__m256i *)(dst + 2 * i), a);
+        _mm256_storeu_si256((__m256i *)(dst + 2 * i + 32), b);
+    }
+    return i;
+}
+
+FPFS_AVX2 static inline ptrdiff_t fpfs_merge4_avx2(const uint8_t *const *pl, ptrdiff_t n,
+                                                  int rot, uint8_t *dst) {
+    const __m128i right = _mm_cvtsi32_si128(rot), left = _mm_cvtsi32_si128((32 - rot) & 31);
+    ptrdiff_t i;
+    for (i = 0; i + 32 <= n; i += 32) {
+        __m256i b3 = _mm256_permute4x64_epi64(_mm256_loadu_si256((const __m256i *)(pl[0] + i)), 0xD8);
+        __m256i b2 = _mm256_permute4x64_epi64(_mm256_loadu_si256((const __m256i *)(pl[1] + i)), 0xD8);
+        __m256i b1 = _mm256_permute4x64_epi64(_mm256_loadu_si256((const __m256i *)(pl[2] + i)), 0xD8);
+        __m256i b0 = _mm256_permute4x64_epi64(_mm256_loadu_si256((const __m256i *)(pl[3] + i)), 0xD8);
+        /* 16-bit halves (elements 0-7 | 8-15 and 16-23 | 24-31 after the 64-bit
+           permutes), then 32-bit elements (0-3 | 8-11, 4-7 | 12-15, ...), which the
+           128-bit permutes put back in order. */
+        __m256i hl = _mm256_unpacklo_epi8(b2, b3), hh = _mm256_unpackhi_epi8(b2, b3);
+        __m256i ll = _mm256_unpacklo_epi8(b0, b1), lh = _mm256_unpackhi_epi8(b0, b1);
+        __m256i v0 = _mm256_unpacklo_epi16(ll, hl), v1 = _mm256_unpackhi_epi16(ll, hl);
+        __m256i v2 = _mm256_unpacklo_epi16(lh, hh), v3 = _mm256_unpackhi_epi16(lh, hh);
+        __m256i o0 = _mm256_permute2x128_si256(v0, v1, 0x20);
+        __m256i o1 = _mm256_permute2x128_si256(v0, v1, 0x31);
+        __m256i o2 = _mm256_permute2x128_si256(v2, v3, 0x20);
+        __m256i o3 = _mm256_permute2x128_si256(v2, v3, 0x31);
+        if (rot) {
+            o0 = _mm256_or_si256(_mm256_srl_epi32(o0, right), _mm256_sll_epi32(o0, left));
+            o1 = _mm256_or_si256(_mm256_srl_epi32(o1, right), _mm256_sll_epi32(o1, left));
+            o2 = _mm256_or_si256(_mm256_srl_epi32(o2, right), _mm256_sll_epi32(o2, left));
+            o3 = _mm256_or_si256(_mm256_srl_epi32(o3, right), _mm256_sll_epi32(o3, left));
+        }
+        _mm256_storeu_si256((__m256i *)(dst + 4 * i), o0);
+        _mm256_storeu_si256((__m256i *)(dst + 4 * i + 32), o1);
+        _mm256_storeu_si256((__m256i *)(dst + 4 * i + 64), o2);
+        _mm256_storeu_si256((__m256i *)(dst + 4 * i + 96), o3);
+    }
+    return i;
+}
+#endif
+
+/* Inverse of the plane split: plane j (at pl[j], n bytes) holds byte (width-1-j) of
+   rotl(element, rot). */
+static inline void fpfs_merge_planes(const uint8_t *const *pl, ptrdiff_t n, int width,
+                                     int rot, uint8_t *dst) {
+    ptrdiff_t i = 0;
     int j;
-    const uint8_t *p0 = src, *p1 = src + n, *p2 = src + 2 * n, *p3 = src + 3 * n;
+    const uint8_t *p0 = pl[0], *p1 = width > 1 ? pl[1] : NULL;
+#ifdef FPFS_HAVE_AVX2_KERNELS
+    if (fpfs_simd_level >= FPFS_SIMD_AVX2) {
+        if (width == 2)
+            i = fpfs_merge2_avx2(p0, p1, n, rot, dst);
+        else if (width == 4)
+            i = fpfs_merge4_avx2(pl, n, rot, dst);
+    }
+#endif
     if (width == 1) {
-        memcpy(dst, src, (size_t)n);
+        if (dst != p0)
+            memcpy(dst, p0, (size_t)n);
     } else if (width == 2) {
-        for (i = 0; i < n; i++) {
+        for (; i < n; i++) {
             uint16_t v = fpfs_rotl16((uint16_t)((p0[i] << 8) | p1[i]), (16 - rot) & 15);
             memcpy(dst + 2 * i, &v, 2);
         }
     } else if (width == 4) {
-        for (i = 0; i < n; i++) {
+        const uint8_t *p2 = pl[2], *p3 = pl[3];
+        for (; i < n; i++) {
             uint32_t v = ((uint32_t)p0[i] << 24) | ((uint32_t)p1[i] << 16)
                          | ((uint32_t)p2[i] << 8) | p3[i];
             v = fpfs_rotl32(v, (32 - rot) & 31);
@@ -323,7 +396,7 @@ static inline void fpfs_merge_planes(const uint8_t *src, ptrdiff_t n, int width,
         for (i = 0; i < n; i++) {
             uint64_t v = 0;
             for (j = 0; j < 8; j++)
-                v = (v << 8) | src[j * n + i];
+                v = (v << 8) | pl[j][i];
             v = fpfs_rotl64(v, (64 - rot) & 63);
             memcpy(dst + 8 * i, &v, 8);
         }
@@ -336,7 +409,6 @@ static inline int fpfs_decode_planes(const uint8_t *src, ptrdiff_t srclen, uint8
                                      ptrdiff_t nbytes, uint8_t *scratch) {
     int width, rot, j, rc, mode;
     ptrdiff_t n, pos, length, total;
-    uint8_t *planes;
     if (srclen < FPFS_PLANES_HEADER)
         return FPFS_ERR_LAYOUT;
     width = src[0];
@@ -359,31 +431,37 @@ static inline int fpfs_decode_planes(const uint8_t *src, ptrdiff_t srclen, uint8
         } else if (mode == FPFS_PLANE_CONST) {
             if (length != 1)
                 return FPFS_ERR_LAYOUT;
-        } else if (mode != FPFS_PLANE_RANS) {
+        } else if (mode != FPFS_PLANE_RANS && mode != FPFS_PLANE_RANS32) {
             return FPFS_ERR_LAYOUT;
         }
         total += length;
     }
     if (total != srclen)
         return FPFS_ERR_LAYOUT;
-    /* Width 1 needs no merge: decode straight into the output. */
-    planes = width == 1 ? out : scratch;
+    /* Planes are merged from where they are: RAW ones straight from the payload, coded
+       and CONST ones from scratch (width 1: decoded straight into the output). */
+    const uint8_t *pl[8];
     for (j = 0; j < width; j++) {
+        uint8_t *dec = width == 1 ? out : scratch + j * n;
         mode = src[FPFS_PLANES_HEADER + FPFS_PLANE_ENTRY * j];
         length = fpfs_rd32(src + FPFS_PLANES_HEADER + FPFS_PLANE_ENTRY * j + 1);
+        pl[j] = dec;
         if (mode == FPFS_PLANE_RAW) {
-            memcpy(planes + j * n, src + pos, (size_t)n);
+            pl[j] = src + pos;
         } else if (mode == FPFS_PLANE_CONST) {
-            memset(planes + j * n, src[pos], (size_t)n);
+            memset(dec, src[pos], (size_t)n);
+        } else if (mode == FPFS_PLANE_RANS32) {
+            rc = fpfs_rans32_decode(src + pos, length, dec, n);
+            if (rc != FPFS_OK)
+                return rc;
         } else {
-            rc = fpfs_rans_decode(src + pos, length, planes + j * n, n);
+            rc = fpfs_rans_decode(src + pos, length, dec, n);
             if (rc != FPFS_OK)
                 return rc;
         }
         pos += length;
     }
-    if (width != 1)
-        fpfs_merge_planes(scratch, n, width, rot, out);
+    fpfs_merge_planes(pl, n, width, rot, out);
     return FPFS_OK;
 }
 
@@ -449,7 +527,11 @@ static inline ptrdiff_t fpfs_mask_count(const uint8_t *mask, ptrdiff_t count) {
    Filled once by fpfs_decode_init(), before any thread decodes. */
 static uint8_t fpfs_expand[256][8];
 
-static void fpfs_decode_init(void) {
+/* Once, before any thread decodes: tables, and the SIMD level (-1: the best this CPU
+   has; 0: portable; fpfs_simd.h). */
+static void fpfs_decode_init(int simd_level) {
+    fpfs_simd_init(simd_level);
+    fpfs_r32_init();
     for (int m = 0; m < 256; m++) {
         int r = 0;
         for (int e = 0; e < 8; e++)

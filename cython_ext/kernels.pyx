@@ -10,7 +10,26 @@ include "rans.pxi"
 include "planes.pxi"
 include "transforms.pxi"
 
-fpfs_decode_init()
+import os as _os
+
+# FPFS_SIMD=portable forces the portable decoders (CI runs the suite once that way);
+# anything else (or unset) takes the best this CPU has.
+fpfs_decode_init(0 if _os.environ.get("FPFS_SIMD", "").lower() in ("portable", "0", "off")
+                 else -1)
+
+_SIMD_NAMES = ("portable", "avx2")
+
+
+def simd_kernel() -> str:
+    """Which rANS32 decoder runs: 'portable' or 'avx2'."""
+    return _SIMD_NAMES[fpfs_simd_level]
+
+
+def set_simd_kernel(str name) -> str:
+    """Use decoder `name` ('portable' or 'avx2') if this CPU has it, else the best it has;
+    returns the one now in use. Not thread-safe: call before decoding (tests, benchmarks)."""
+    fpfs_simd_init(_SIMD_NAMES.index(name))
+    return simd_kernel()
 
 _ERRORS = {
     ERR_TABLE: "malformed rANS frequency table",
@@ -38,9 +57,10 @@ def _check_width(int width, int rot):
 
 def encode_planes_into(const uint8_t[::1] src, int width, int rot,
                        uint8_t[::1] scratch, uint8_t[::1] dst,
-                       Py_ssize_t min_saving_ppm=0) -> int:
+                       Py_ssize_t min_saving_ppm=0, int coder=PLANE_RANS32) -> int:
     """Encode src as a PLANES payload into dst. Returns its size, or 0 if it would not be
-    smaller than len(dst) (store the chunk raw then)."""
+    smaller than len(dst) (store the chunk raw then). coder: the plane mode of coded
+    planes, 3 (rANS32, what fpfs writes) or 1 (the rANS of format versions 1 and 2)."""
     cdef Py_ssize_t n = src.shape[0], r
     _check_width(width, rot)
     if n % width:
@@ -49,11 +69,13 @@ def encode_planes_into(const uint8_t[::1] src, int width, int rot,
         raise ValueError("scratch buffer too small")
     if not 0 <= min_saving_ppm <= 1000000:
         raise ValueError("min_saving_ppm must be within 0..1000000")
+    if coder != PLANE_RANS and coder != PLANE_RANS32:
+        raise ValueError("coder must be 1 or 3, not %d" % coder)
     if n == 0 or dst.shape[0] == 0:
         return 0
     with nogil:
         r = encode_planes(&src[0], n, width, rot, &scratch[0], &dst[0], dst.shape[0],
-                          min_saving_ppm)
+                          min_saving_ppm, coder)
     return r
 
 
@@ -78,21 +100,29 @@ def decode_planes_into(const uint8_t[::1] payload, uint8_t[::1] out, uint8_t[::1
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 
-def rans_encode_bytes(const uint8_t[::1] src) -> bytes:
-    """One rANS stream for src (for tests and the K/V API); b'' when coding does not pay."""
+def rans_encode_bytes(const uint8_t[::1] src, int coder=PLANE_RANS) -> bytes:
+    """One rANS stream for src (for tests and the K/V API); b'' when coding does not pay.
+    coder: 1 the 8-lane stream (FORMAT.md "rANS stream"), 3 rANS32."""
     cdef Py_ssize_t n = src.shape[0], r
+    if coder != PLANE_RANS and coder != PLANE_RANS32:
+        raise ValueError("coder must be 1 or 3, not %d" % coder)
     if n == 0:
         return b""
     buf = bytearray(n)
     cdef uint8_t[::1] dst = buf
     with nogil:
-        r = rans_encode(&src[0], n, &dst[0], n)
+        if coder == PLANE_RANS32:
+            r = rans32_encode(&src[0], n, &dst[0], n)
+        else:
+            r = rans_encode(&src[0], n, &dst[0], n)
     return bytes(buf[:r])
 
 
-def rans_decode_bytes(const uint8_t[::1] stream, Py_ssize_t n) -> bytes:
-    """Decode one rANS stream of exactly n symbols."""
+def rans_decode_bytes(const uint8_t[::1] stream, Py_ssize_t n, int coder=PLANE_RANS) -> bytes:
+    """Decode one rANS stream (coder 1) or rANS32 stream (coder 3) of exactly n symbols."""
     cdef int rc
+    if coder != PLANE_RANS and coder != PLANE_RANS32:
+        raise ValueError("coder must be 1 or 3, not %d" % coder)
     if n < 0:
         raise ValueError("negative length")
     if n == 0:
@@ -103,7 +133,10 @@ def rans_decode_bytes(const uint8_t[::1] stream, Py_ssize_t n) -> bytes:
     out = PyBytes_FromStringAndSize(NULL, n)
     cdef uint8_t* o = <uint8_t*>PyBytes_AS_STRING(out)
     with nogil:
-        rc = rans_decode(&stream[0], stream.shape[0], o, n)
+        if coder == PLANE_RANS32:
+            rc = rans32_decode(&stream[0], stream.shape[0], o, n)
+        else:
+            rc = rans_decode(&stream[0], stream.shape[0], o, n)
     if rc != OK:
         _raise(rc)
     return out

@@ -9,6 +9,7 @@ cdef enum:
     PLANE_RAW = 0
     PLANE_RANS = 1
     PLANE_CONST = 2
+    PLANE_RANS32 = 3          # format version 3
     PLANES_HEADER = 2         # u8 width, u8 rot
     PLANE_ENTRY = 5           # u8 mode, u32 length
 
@@ -57,14 +58,15 @@ cdef void split_planes(const uint8_t* src, Py_ssize_t n, int width, int rot,
 
 cdef Py_ssize_t encode_planes(const uint8_t* src, Py_ssize_t nbytes, int width, int rot,
                               uint8_t* scratch, uint8_t* dst, Py_ssize_t cap,
-                              Py_ssize_t min_saving_ppm) noexcept nogil:
+                              Py_ssize_t min_saving_ppm, int coder) noexcept nogil:
     """Write a PLANES payload for nbytes (a multiple of width) into dst.
 
     scratch must hold nbytes. Returns the payload size, or 0 when it would not be smaller
-    than cap."""
+    than cap. coder: PLANE_RANS32 (what fpfs writes) or PLANE_RANS (the stream of format
+    versions 1 and 2, kept for tests of its decoder)."""
     cdef Py_ssize_t n = nbytes // width
     cdef Py_ssize_t pos = PLANES_HEADER + PLANE_ENTRY * width
-    cdef Py_ssize_t written, j, k
+    cdef Py_ssize_t written, j, k, limit
     cdef const uint8_t* plane
     cdef uint8_t* entry
     cdef bint same
@@ -91,10 +93,13 @@ cdef Py_ssize_t encode_planes(const uint8_t* src, Py_ssize_t nbytes, int width, 
             continue
         # A coded plane costs ~0.7 ns/byte to decode, a raw one a memcpy: code it only
         # when it saves at least min_saving_ppm of the plane.
-        written = rans_encode(plane, n, dst + pos,
-                              min(n - n * min_saving_ppm // 1000000, cap - pos))
+        limit = min(n - n * min_saving_ppm // 1000000, cap - pos)
+        if coder == PLANE_RANS32:
+            written = rans32_encode(plane, n, dst + pos, limit)
+        else:
+            written = rans_encode(plane, n, dst + pos, limit)
         if written > 0:
-            entry[0] = PLANE_RANS
+            entry[0] = coder
         else:
             if pos + n > cap:
                 return 0

@@ -250,32 +250,10 @@ cdef inline uint64_t _put_group(uint64_t x, const _EncSym* a, const _EncSym* b,
     return _put(x, a)
 
 
-cdef Py_ssize_t rans_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
-                            Py_ssize_t cap) noexcept nogil:
-    """Encode n bytes into dst; returns bytes written, or 0 when the result would not be
-    smaller than cap (the caller then stores the plane raw).  Uses no scratch memory;
-    dst[0:cap] is scribbled on even when 0 is returned."""
-    cdef uint32_t counts[256]
-    cdef uint32_t freqs[256]
-    cdef _EncSym es[256]
-    cdef uint64_t st[LANES]
-    cdef uint64_t x
-    cdef int s, k, base, lane, nb, present
+cdef void _encoder_symbols(const uint32_t* freqs, _EncSym* es) noexcept nogil:
+    """Per-symbol encoder constants (frequency, cumulative start, exact reciprocal)."""
+    cdef int s
     cdef uint32_t c = 0, f, sh
-    cdef Py_ssize_t i, hdr, body, tbl, nfull, b, r
-    cdef uint8_t* ptr
-    cdef uint8_t* limit
-    cdef uint8_t* q
-    cdef uint16_t lens = 0
-    if n == 0 or cap <= 0:
-        return 0
-    histogram(src, n, counts)
-    normalize_freqs(counts, n, freqs)
-    tbl = _table_layout(freqs, &k, &base, &present)
-    hdr = tbl + 2 + 4 * LANES            # states take 4..7 bytes each
-    # Skip the encode when the order-0 estimate already says it cannot pay.
-    if hdr + <Py_ssize_t>(estimate_bits(counts, freqs) / 8.0) >= cap:
-        return 0
     for s in range(256):
         f = freqs[s]
         es[s].freq = f
@@ -296,6 +274,34 @@ cdef Py_ssize_t rans_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
             es[s].shift = sh - 1
             es[s].bias = c
         c += f
+
+
+cdef Py_ssize_t rans_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
+                            Py_ssize_t cap) noexcept nogil:
+    """Encode n bytes into dst; returns bytes written, or 0 when the result would not be
+    smaller than cap (the caller then stores the plane raw).  Uses no scratch memory;
+    dst[0:cap] is scribbled on even when 0 is returned."""
+    cdef uint32_t counts[256]
+    cdef uint32_t freqs[256]
+    cdef _EncSym es[256]
+    cdef uint64_t st[LANES]
+    cdef uint64_t x
+    cdef int s, k, base, lane, nb, present
+    cdef Py_ssize_t i, hdr, body, tbl, nfull, b, r
+    cdef uint8_t* ptr
+    cdef uint8_t* limit
+    cdef uint8_t* q
+    cdef uint16_t lens = 0
+    if n == 0 or cap <= 0:
+        return 0
+    histogram(src, n, counts)
+    normalize_freqs(counts, n, freqs)
+    tbl = _table_layout(freqs, &k, &base, &present)
+    hdr = tbl + 2 + 4 * LANES            # states take 4..7 bytes each
+    # Skip the encode when the order-0 estimate already says it cannot pay.
+    if hdr + <Py_ssize_t>(estimate_bits(counts, freqs) / 8.0) >= cap:
+        return 0
+    _encoder_symbols(freqs, es)
     # The body is written backwards from the end of dst and moved down behind the header
     # at the end (no scratch buffer).  Once ptr is below dst + the smallest possible
     # header the result cannot pay; above it, one block's words plus the unconditional
@@ -347,3 +353,79 @@ cdef Py_ssize_t rans_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
         q += nb
     memmove(dst + hdr, ptr, body)
     return hdr + body
+
+
+# ---------------------------------------------------------------------------------------
+# rANS32 (FORMAT.md, "rANS32 stream"): 32 lanes of 32-bit states in [2^16, 2^32), one
+# 16-bit word per renormalisation, symbol i in lane i % 32.  The decoder (fpfs_rans32.h)
+# renormalises 8 lanes per AVX2 instruction; the encoder is this scalar loop.
+
+cdef enum:
+    R32_LANES = 32
+    R32_L = 0x10000
+    R32_HEADER = 4 * R32_LANES
+
+
+cdef Py_ssize_t rans32_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
+                              Py_ssize_t cap) noexcept nogil:
+    """Encode n bytes into dst as an rANS32 stream; returns bytes written, or 0 when the
+    result would not be smaller than cap, or when one symbol fills the whole table (that
+    plane is stored CONST).  Uses no scratch memory; dst[0:cap] is scribbled on."""
+    cdef uint32_t counts[256]
+    cdef uint32_t freqs[256]
+    cdef _EncSym es[256]
+    cdef uint64_t st[R32_LANES]
+    cdef uint64_t x, c
+    cdef const _EncSym* e
+    cdef int s, k, base, lane, present
+    cdef Py_ssize_t i, hdr, body, tbl
+    cdef uint8_t* ptr
+    cdef uint8_t* limit
+    if n == 0 or cap <= 0:
+        return 0
+    histogram(src, n, counts)
+    normalize_freqs(counts, n, freqs)
+    for s in range(256):
+        if freqs[s] >= PROB_SCALE:
+            return 0
+    tbl = _table_layout(freqs, &k, &base, &present)
+    hdr = tbl + R32_HEADER
+    if hdr + <Py_ssize_t>(estimate_bits(counts, freqs) / 8.0) >= cap:
+        return 0
+    _encoder_symbols(freqs, es)
+    # Words are written backwards from the end of dst and moved behind the header at the
+    # end.  A step of 32 symbols writes at most 64 bytes plus the unconditional store of
+    # the last one; checking room once per step keeps every store above dst + hdr - 2.
+    ptr = dst + cap
+    limit = dst + hdr + 2 * R32_LANES + 2
+    for lane in range(R32_LANES):
+        st[lane] = R32_L
+    i = n - 1
+    while i >= 0:
+        if i % R32_LANES == R32_LANES - 1 or i == n - 1:
+            if ptr < limit:
+                return 0
+        e = &es[src[i]]
+        x = st[i % R32_LANES]
+        c = x >= (<uint64_t>e.freq << 20)
+        # Branch-free: always store the word, keep it only when the state needed shrinking.
+        ptr[-2] = x & 0xFF
+        ptr[-1] = (x >> 8) & 0xFF
+        ptr -= c << 1
+        x >>= c << 4
+        st[i % R32_LANES] = _put(x, e)
+        i -= 1
+    body = (dst + cap) - ptr
+    if hdr + body >= cap:
+        return 0
+    write_table(freqs, k, base, dst)
+    for lane in range(R32_LANES):
+        _wr32(dst + tbl + 4 * lane, <uint32_t>st[lane])
+    memmove(dst + hdr, ptr, body)
+    return hdr + body
+
+
+cdef extern from "fpfs_rans32.h" nogil:
+    int rans32_decode "fpfs_rans32_decode"(const uint8_t* src, Py_ssize_t srclen,
+                                           uint8_t* out, Py_ssize_t n)
+    int fpfs_simd_level

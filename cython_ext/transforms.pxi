@@ -3,7 +3,8 @@
 
 cdef extern from "fpfs_decode.h" nogil:
     int FPFS_MASK_SLACK
-    void fpfs_decode_init()
+    void fpfs_decode_init(int simd_level)
+    void fpfs_simd_init(int level)
     int fpfs_delta_apply(uint8_t* out, const uint8_t* base, Py_ssize_t n, int transform,
                          int width)
     int fpfs_mask_expand(uint8_t* out, const uint8_t* mask, const uint8_t* values,

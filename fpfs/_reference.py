@@ -1,5 +1,5 @@
 """Slow, plain reference decoder of chunk payloads, written from FORMAT.md and
-its "rANS stream" section alone. The tests hold the Cython decoder to it: same bytes for valid input,
+its "rANS stream" and "rANS32 stream" sections alone. The tests hold the Cython decoder to it: same bytes for valid input,
 and an error wherever it reports one. Speed is not a goal; clarity is."""
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ PROB_BITS = 12
 PROB_SCALE = 1 << PROB_BITS
 LANES = 8
 STATE_LOW = 1 << 24
-PLANE_RAW, PLANE_RANS, PLANE_CONST = 0, 1, 2
+PLANE_RAW, PLANE_RANS, PLANE_CONST, PLANE_RANS32 = 0, 1, 2, 3
+R32_LANES = 32
+R32_STATE_LOW = 1 << 16
 
 
 class ReferenceError(ValueError):
@@ -108,6 +110,37 @@ def rans_decode(s: bytes, n: int) -> bytes:
     return bytes(out)
 
 
+def rans32_decode(s: bytes, n: int) -> bytes:
+    """Decode an rANS32 stream of exactly n symbols (FORMAT.md, "rANS32 stream")."""
+    freq, pos = read_freq_table(s)
+    _check(max(freq) < PROB_SCALE, "a frequency of 4096 in an rANS32 table")
+    _check(pos + 4 * R32_LANES <= len(s), "stream truncated")
+    states = [int.from_bytes(s[pos + 4 * j:pos + 4 * j + 4], "little") for j in range(R32_LANES)]
+    _check(all(x >= R32_STATE_LOW for x in states), "state out of range")
+    pos += 4 * R32_LANES
+    cum, slot_symbol, c = [0] * 256, [], 0
+    for sym in range(256):
+        cum[sym] = c
+        c += freq[sym]
+        slot_symbol += [sym] * freq[sym]
+    out = bytearray()
+    for i in range(n):
+        j = i % R32_LANES
+        x = states[j]
+        slot = x & (PROB_SCALE - 1)
+        sym = slot_symbol[slot]
+        x = freq[sym] * (x >> PROB_BITS) + slot - cum[sym]
+        if x < R32_STATE_LOW:
+            _check(pos + 2 <= len(s), "stream truncated")
+            x = (x << 16) | int.from_bytes(s[pos:pos + 2], "little")
+            pos += 2
+        states[j] = x
+        out.append(sym)
+    _check(pos == len(s), "trailing bytes after the last symbol")
+    _check(all(x == R32_STATE_LOW for x in states), "final state mismatch")
+    return bytes(out)
+
+
 def merge_planes(planes: List[bytes], width: int, rot: int) -> bytes:
     """Inverse of the plane split: plane j holds byte (width-1-j) of rotl(element, rot)."""
     bits = 8 * width
@@ -148,6 +181,8 @@ def decode_planes(payload: bytes, length: int) -> bytes:
             planes.append(stream * n)
         elif mode == PLANE_RANS:
             planes.append(rans_decode(stream, n))
+        elif mode == PLANE_RANS32:
+            planes.append(rans32_decode(stream, n))
         else:
             raise ReferenceError(f"unknown plane mode {mode}")
         pos += size

@@ -20,8 +20,8 @@ from .store import StoreObject, open_object
 
 MAGIC = b"\x89FPZ\r\n\x1a\n"
 END_MAGIC = b"FPZ-END\n"
-VERSION = 2                 # written; versions 1 and 2 are read
-READABLE_VERSIONS = (1, 2)
+VERSION = 3                 # written; versions 1, 2 and 3 are read
+READABLE_VERSIONS = (1, 2, 3)   # 3: PLANES payloads may hold rANS32 planes (mode 3)
 FLAG_BASE = 0x1             # v2: a base section follows the header (a delta file)
 HEADER = struct.Struct("<8sHHIQQII")          # magic version flags chunk_size orig_size prefix_len crc zero
 TRAILER = struct.Struct("<QQQ32sII8s")         # table_off count orig_size sha256 table_crc trailer_crc end
@@ -161,7 +161,7 @@ class Container:
             self._fail("reserved header field is not zero")
         if version not in READABLE_VERSIONS or flags & ~(FLAG_BASE if version >= 2 else 0):
             raise UnsupportedVersion(f"{self.path}: format version {version} flags {flags:#x} "
-                                     f"(this fpfs reads versions 1 and 2); upgrade fpfs")
+                                     f"(this fpfs reads versions 1 to 3); upgrade fpfs")
         if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % 8:
             self._fail(f"invalid chunk size {chunk_size}")
         section_len = BASE_SECTION.size if flags & FLAG_BASE else 0

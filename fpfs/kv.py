@@ -23,8 +23,8 @@ from .container import DEFAULT_CHUNK_SIZE, validate_chunk_size
 from .errors import CorruptContainer, FpfsError
 
 MAGIC = b"FPKV"
-VERSION = 2                 # 2: chunks may use every container codec but DELTA
-READABLE_VERSIONS = (1, 2)  # 1: RAW and PLANES chunks only
+VERSION = 3                 # 3: PLANES chunks may hold rANS32 planes (container v3)
+READABLE_VERSIONS = (1, 2, 3)  # 2: every container codec but DELTA; 1: RAW and PLANES only
 _HEAD = struct.Struct("<4sBBBB")          # magic version dtype framework ndim
 _TAIL = struct.Struct("<QQI")             # nbytes checksum nchunks
 _CHUNK_SIZE = struct.Struct("<I")         # v2: chunk size, after the tail

@@ -41,13 +41,36 @@ def test_golden_decodes(path, tmp_path):
             assert ref == original[start:start + length]
 
 
-def test_golden_v2_covers_every_codec():
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_golden_covers_every_codec(version):
     codecs = set()
     for path in GOLDEN:
-        if "/v2/" in path:
+        if f"/{version}/" in path:
             with Container(path) as c:
                 codecs |= {int(x) for x in c.table["codec"]}
     assert codecs == {0, 1, 2, 3, 4, 5}
+
+
+def _plane_modes(path: str) -> set:
+    """Plane modes of the PLANES chunks of a golden file."""
+    modes = set()
+    with Container(path) as c:
+        for i, codec in enumerate(c.table["codec"]):
+            if int(codec) == 1:
+                payload = c.read_payload(i)
+                modes |= set(payload[2:2 + 5 * payload[0]:5])
+    return modes
+
+
+def test_golden_plane_modes_by_version():
+    """v1/v2 files hold the 8-lane rANS planes (mode 1), v3 files the rANS32 ones (mode 3)."""
+    modes = {v: set() for v in ("v1", "v2", "v3")}
+    for path in GOLDEN:
+        version = os.path.basename(os.path.dirname(path))
+        if version in modes:
+            modes[version] |= _plane_modes(path)
+    assert 1 in modes["v1"] and 1 in modes["v2"] and 3 not in modes["v2"]
+    assert 3 in modes["v3"] and 1 not in modes["v3"]
 
 
 KV_GOLDEN = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "golden", "v*",
@@ -66,4 +89,4 @@ def test_golden_kv_blobs_decode(path):
 
 
 def test_golden_kv_blobs_exist():
-    assert {os.path.basename(os.path.dirname(p)) for p in KV_GOLDEN} >= {"v1", "v2"}
+    assert {os.path.basename(os.path.dirname(p)) for p in KV_GOLDEN} >= {"v1", "v2", "v3"}

@@ -329,10 +329,10 @@ def test_planes_rotation_puts_top_bits_first(width, rot):
     values = rotl(rotated, 8 * width, (8 * width - rot) % (8 * width))
     data = values.astype("<" + np.dtype(dt).str[1:]).tobytes()
     payload = encode_planes(data, width, rot)
-    assert payload[2] == 1                 # plane 0 coded with rANS
+    assert payload[2] == 3                 # plane 0 coded with rANS32
     (length,) = struct.unpack_from("<I", payload, 3)
     stream = payload[2 + 5 * width:2 + 5 * width + length]
-    assert rans_decode_bytes(stream, len(values)) == top.tobytes()
+    assert rans_decode_bytes(stream, len(values), 3) == top.tobytes()
     assert decode_planes(payload, len(data)) == data
 
 

@@ -1,6 +1,8 @@
 /* libFuzzer targets for the plain-C decoders of cython_ext/fpfs_decode.h, one decoder per
- * binary (-DFPFS_TARGET=1 rans, 2 planes, 3 mask, 4 delta), built with ASan and UBSan by
- * ./build.sh. Buffers are allocated at exactly the size the decoder is promised, so any
+ * binary (-DFPFS_TARGET=1 rans, 2 planes, 3 mask, 4 delta, 5 rans32), built with ASan and
+ * UBSan by ./build.sh. The planes and rans32 targets run every SIMD level this CPU has
+ * (portable, AVX2), each on buffers of its own, and trap unless all give the same result:
+ * a differential fuzz of the SIMD kernels against the portable ones. Buffers are allocated at exactly the size the decoder is promised, so any
  * read or write outside them is a sanitizer report; the only other outcome allowed is a
  * return code (FPFS_OK or FPFS_ERR_*). */
 #include <stdint.h>
@@ -9,12 +11,37 @@
 
 #include "fpfs_decode.h"
 
+static int best_level;
+
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    fpfs_decode_init();
+    fpfs_decode_init(-1);
+    best_level = fpfs_simd_level;
     return 0;
 }
+
+/* Run decode(level) at every SIMD level up to the best; trap if any result differs from
+   the portable one (return code, or output bytes when it succeeded). */
+#define FPFS_DIFFERENTIAL(NOUT, CALL)                                                  \
+    do {                                                                                \
+        uint8_t *first = NULL;                                                          \
+        int first_rc = 0;                                                               \
+        for (int level = 0; level <= best_level; level++) {                             \
+            fpfs_simd_level = level;                                                    \
+            uint8_t *out = malloc((NOUT) ? (size_t)(NOUT) : 1);                         \
+            int rc = (CALL);                                                            \
+            if (level == 0) {                                                           \
+                first = out;                                                            \
+                first_rc = rc;                                                          \
+                continue;                                                               \
+            }                                                                           \
+            if (rc != first_rc || (rc == FPFS_OK && memcmp(out, first, (size_t)(NOUT))))\
+                __builtin_trap();                                                       \
+            free(out);                                                                  \
+        }                                                                               \
+        free(first);                                                                    \
+    } while (0)
 
 static uint32_t le(const uint8_t *p, int n) {
     uint32_t v = 0;
@@ -45,13 +72,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ptrdiff_t nbytes = le(data, 3) & 0xFFFFF;
     ptrdiff_t srclen = (ptrdiff_t)size - 3;
     uint8_t *copy = malloc(srclen ? (size_t)srclen : 1);
-    uint8_t *out = malloc(nbytes ? (size_t)nbytes : 1);
     uint8_t *scratch = malloc(nbytes ? (size_t)nbytes : 1);
     memcpy(copy, data + 3, (size_t)srclen);
     if (nbytes > 0)
-        (void)fpfs_decode_planes(copy, srclen, out, nbytes, scratch);
+        FPFS_DIFFERENTIAL(nbytes, fpfs_decode_planes(copy, srclen, out, nbytes, scratch));
     free(copy);
-    free(out);
     free(scratch);
 #elif FPFS_TARGET == 3
     /* MASKED expand: width selector, 2 bytes of element count, k claimed (2 bytes), then
@@ -89,8 +114,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         (void)fpfs_delta_apply(out, base, n, transform, width);
     free(out);
     free(base);
+#elif FPFS_TARGET == 5
+    /* rANS32 stream: 3 bytes of symbol count (< 2^20), then the stream. */
+    if (size < 3)
+        return 0;
+    ptrdiff_t n = le(data, 3) & 0xFFFFF;
+    ptrdiff_t srclen = (ptrdiff_t)size - 3;
+    uint8_t *copy = malloc(srclen ? (size_t)srclen : 1);
+    memcpy(copy, data + 3, (size_t)srclen);
+    if (n > 0 && srclen > 0)
+        FPFS_DIFFERENTIAL(n, fpfs_rans32_decode(copy, srclen, out, n));
+    free(copy);
 #else
-#error "define FPFS_TARGET (1 rans, 2 planes, 3 mask, 4 delta)"
+#error "define FPFS_TARGET (1 rans, 2 planes, 3 mask, 4 delta, 5 rans32)"
 #endif
     return 0;
 }

@@ -14,7 +14,7 @@ from tests.weights import cast_tensors, load_real  # noqa: E402
 
 def main(out: str) -> None:
     real = load_real()
-    for d in ("planes", "rans", "mask", "delta"):
+    for d in ("planes", "rans", "mask", "delta", "rans32"):
         os.makedirs(os.path.join(out, f"corpus-{d}"), exist_ok=True)
     count = 0
     for dtype in ("F32", "BF16", "F16", "F8_E4M3"):
@@ -28,10 +28,11 @@ def main(out: str) -> None:
             if codec == 1:
                 with open(os.path.join(out, "corpus-planes", f"{dtype}-{count}"), "wb") as f:
                     f.write(n + payload)
-            stream = _kernels.rans_encode_bytes(raw.tobytes()[: raw.size // 2])
-            if stream:
-                with open(os.path.join(out, "corpus-rans", f"{dtype}-{count}"), "wb") as f:
-                    f.write((raw.size // 2).to_bytes(3, "little") + stream)
+            for coder, corpus in ((1, "corpus-rans"), (3, "corpus-rans32")):
+                stream = _kernels.rans_encode_bytes(raw.tobytes()[: raw.size // 2], coder)
+                if stream:
+                    with open(os.path.join(out, corpus, f"{dtype}-{count}"), "wb") as f:
+                        f.write((raw.size // 2).to_bytes(3, "little") + stream)
             count += 1
     rng = np.random.default_rng(1)
     for i in range(8):

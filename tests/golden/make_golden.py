@@ -92,6 +92,22 @@ def main() -> None:
         written += [tuned, os.path.join(out, "model.pt"), os.path.join(out, "q8.gguf")]
     for path in written:
         print("wrote", path, os.path.getsize(path), "->", os.path.getsize(path + ".fpz"))
+    if VERSION >= 3:            # FPKV blobs, from the K/V tensors of the v2 golden files
+        write_kv(out)
+
+
+def write_kv(out: str) -> None:
+    """kv-<name>.fpkv and the bytes it holds (.npy), from the v2 inputs (bf16 K/V rows, FP8
+    with exact repeats)."""
+    import fpfs.kv
+    v2 = os.path.join(os.path.dirname(out), "v2")
+    for name, dtype in (("kv-bf16", ml_dtypes.bfloat16), ("kv-e4m3-repeats", ml_dtypes.float8_e4m3fn)):
+        raw = np.load(os.path.join(v2, name + ".npy"))
+        tensor = raw.view(dtype)
+        np.save(os.path.join(out, name + ".npy"), raw)
+        with open(os.path.join(out, name + ".fpkv"), "wb") as f:
+            f.write(fpfs.kv.compress(tensor))
+        print("wrote", os.path.join(out, name + ".fpkv"))
 
 
 if __name__ == "__main__":
