@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 
-from . import tempfiles
+from . import parallel, tempfiles
 from .bases import BASES_DIR, keep_base, stored_name
 from .codecs import DEFAULT_MIN_SAVING_PPM, block_type, dtype_code, encode_chunk
 from .container import (DEFAULT_CHUNK_SIZE, BaseRef, ChunkRecord, Container, ContainerWriter,
@@ -224,20 +224,21 @@ def _write_container(fd, layout, file, chunk_size, threads, progress, min_saving
     return writer.finish(sha.digest())
 
 
-def verified_original(container: Container, progress: Progress = None) -> Iterator[bytes]:
-    """The original bytes of an open container in order, every chunk checksum-verified;
-    raises CorruptContainer after the last piece if the whole-file SHA-256 differs (so a
-    consumer must not publish what it got before the iteration completes)."""
+def verified_original(packed: PackedFile, progress: Progress = None) -> Iterator[memoryview]:
+    """The original bytes of an open container in order (decoded on all cores; each piece
+    valid until the next is taken), every chunk checksum-verified; raises CorruptContainer
+    after the last piece if the whole-file SHA-256 differs (so a consumer must not publish
+    what it got before the iteration completes)."""
     sha = hashlib.sha256()
     done = 0
-    for piece in container.iter_original():
+    for piece in parallel.iter_original(packed):
         sha.update(piece)
         yield piece
         done += len(piece)
         if progress:
             progress(done)
-    if sha.digest() != container.sha256:
-        raise CorruptContainer(f"{container.path}: whole-file SHA-256 mismatch")
+    if sha.digest() != packed.container.sha256:
+        raise CorruptContainer(f"{packed.path}: whole-file SHA-256 mismatch")
 
 
 def verify_file(path: str, progress: Progress = None, root: Optional[str] = None,
@@ -248,18 +249,17 @@ def verify_file(path: str, progress: Progress = None, root: Optional[str] = None
     on any mismatch."""
     packed = PackedFile(path, root=root, store=store)
     try:
-        for _ in verified_original(packed.container, progress):
+        for _ in verified_original(packed, progress):
             pass
     finally:
         packed.close()
     return packed.container
 
 
-def write_original(container: Container, out: BinaryIO, progress: Progress = None) -> None:
+def write_original(packed: PackedFile, out: BinaryIO, progress: Progress = None) -> None:
     """Write the original bytes of an open container to out (raises CorruptContainer at
-    the end on a hash mismatch: the caller must then discard what it wrote). A delta's
-    container must come from a PackedFile, which resolved its base."""
-    for piece in verified_original(container, progress):
+    the end on a hash mismatch: the caller must then discard what it wrote)."""
+    for piece in verified_original(packed, progress):
         out.write(piece)
 
 
@@ -271,7 +271,7 @@ def decompress_file(src: str, dst: str, progress: Progress = None,
     try:
         out = AtomicOutput(dst)
         try:
-            write_original(packed.container, out.file, progress)
+            write_original(packed, out.file, progress)
             out.commit()
         except BaseException:
             out.abort()

@@ -6,19 +6,16 @@ no bfloat16 or float8: those come as ml_dtypes arrays)."""
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 
+from . import parallel
 from .errors import FpfsError
 from .formats import FormatError
 from .formats.safetensors import header_length, layout_from_header
 from .packed_file import PackedFile
 from .store import is_url
-
-PIECE_BYTES = 8 << 20      # original bytes decoded per task (whole chunks)
 
 _NUMPY = {"F64": "float64", "F32": "float32", "F16": "float16", "I64": "int64",
           "U64": "uint64", "I32": "int32", "U32": "uint32", "I16": "int16", "U16": "uint16",
@@ -40,7 +37,9 @@ def load_file(path: str, framework: str = "numpy",
     try:
         header = _header(packed)
         buf = np.empty(packed.size, dtype=np.uint8)
-        _decode_all(packed, buf, threads or _default_threads(packed, path))
+        if parallel.read_into(packed, 0, buf, threads or _default_threads(packed, path)) \
+                != packed.size:
+            raise FpfsError(f"{packed.path}: shorter than its header says")
     finally:
         packed.close()
     make = _numpy_tensor if framework == "numpy" else _torch_tensor
@@ -63,34 +62,10 @@ def _header(packed: PackedFile) -> Dict[str, Any]:
 
 
 def _default_threads(packed: PackedFile, path: str) -> int:
-    cores = os.cpu_count() or 1
+    cores = parallel.default_threads()
     if is_url(path):            # waiting on the network, not the CPU: as many as GETs
         return max(cores, packed.store.settings.concurrency)
     return cores
-
-
-def _pieces(packed: PackedFile) -> List[Tuple[int, int]]:
-    """[start, end) ranges of whole chunks, about PIECE_BYTES each, covering the file."""
-    c = packed.container
-    starts = [0]
-    for index in range(len(c)):
-        offset, _ = c.chunk_span(index)
-        if offset - starts[-1] >= PIECE_BYTES:
-            starts.append(offset)
-    return list(zip(starts, starts[1:] + [packed.size]))
-
-
-def _decode_all(packed: PackedFile, buf: np.ndarray, threads: int) -> None:
-    view = memoryview(buf)
-
-    def piece(span: Tuple[int, int]) -> None:
-        start, end = span
-        if packed.read_into(start, view[start:end]) != end - start:
-            raise FpfsError(f"{packed.path}: shorter than its header says")
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="fpfs-load") as pool:
-        for _ in pool.map(piece, _pieces(packed)):
-            pass
 
 
 def _numpy_tensor(buf: np.ndarray, start: int, info: dict):

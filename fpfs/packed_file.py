@@ -11,6 +11,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from . import _kernels, parallel
 from .bases import MAX_CHAIN, find_base
 from .cache import ChunkCache
 from .container import Container
@@ -193,7 +194,9 @@ class PackedFile:
 
 
 class FpzFile(io.RawIOBase):
-    """Read-only binary file object over a container: read/seek/tell plus pread."""
+    """Read-only binary file object over a container: read/seek/tell plus pread. Large
+    reads decode on all cores (fpfs/parallel.py); read() and readall() decode straight
+    into the bytes object they return."""
 
     def __init__(self, path: Union[str, StoreObject], cache: Optional[ChunkCache] = None,
                  root: Optional[str] = None, store: Optional[Store] = None):
@@ -223,12 +226,26 @@ class FpzFile(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         self._checkClosed()
-        n = self._packed.read_into(self._pos, memoryview(buffer).cast("B"))
+        n = parallel.read_into(self._packed, self._pos, buffer)
         self._pos += n
         return n
 
+    def read(self, size: int = -1) -> bytes:
+        """Up to size bytes (all that is left when size < 0), in a new bytes object that
+        is decoded into directly: no zero-fill, no second copy."""
+        self._checkClosed()
+        left = max(0, self.size - self._pos)
+        n = left if size is None or size < 0 else min(size, left)
+        out, view = _kernels.bytes_for_writing(n)
+        try:
+            got = parallel.read_into(self._packed, self._pos, view)
+        finally:
+            view.release()
+        self._pos += got
+        return out if got == n else out[:got]
+
     def readall(self) -> bytes:
-        return self.read(max(0, self.size - self._pos))
+        return self.read()
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         self._checkClosed()

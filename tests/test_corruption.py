@@ -443,8 +443,8 @@ def test_wrong_whole_file_hash(bf16_sample, tmp_path):
         fpfs.verify_file(path)
 
 
-@pytest.mark.parametrize("version,flags", [(3, 0), (0, 0), (65535, 0), (1, 1), (1, 0x8000),
-                                           (2, 2), (2, 0x8000)])
+@pytest.mark.parametrize("version,flags", [(4, 0), (0, 0), (65535, 0), (1, 1), (1, 0x8000),
+                                           (2, 2), (2, 0x8000), (3, 2)])
 def test_unsupported_version(bf16_sample, tmp_path, version, flags):
     original, packed = bf16_sample
     for fix_crc in (True, False):
