@@ -3,12 +3,15 @@
 MXFP4: stored size (% of the original file) and compress / decompress throughput (GB/s of
 original bytes) for fpfs, zstd -3 and ZipNN, one thread and all threads, in one run.
 
-    python bench/bench_codec.py [--repeat N] [--markdown]
+    python bench/bench_codec.py [--repeat N] [--dtypes BF16,F32] [--kernels avx2,portable]
 
-fpfs is timed on its chunk codec (plan -> encode every chunk; decode every chunk, with its
-checksum check, into its place in one output buffer), which is what `fpfs compress` and
-reads through the mount run. zstd and ZipNN allocate their output (their APIs offer no
-other way).
+"fpfs" is timed on its chunk codec (plan -> encode every chunk; decode every chunk, with its
+checksum check, into its place in one reused output buffer), which is what `fpfs compress`
+and reads through the mount run. "fpfs read()" is the public API a loader calls:
+`fpfs.open(p).read()` of the whole .fpz (in the page cache), a new bytes object like
+ZipNN's and zstd's output (their APIs offer no other way), decoded on 1 and on all threads.
+"memcpy" copies the original into a new bytes object: the ceiling for any decoder that
+returns one. --kernels repeats the fpfs rows with each rANS32 decoder (FPFS_SIMD).
 ZipNN gets the safetensors header stored raw and the tensor data with the dtype hint (on the
 whole file it is not lossless when the header length is odd); FP8/MXFP4 data is given to it
 as float8_e4m3fn, its only one-byte float mode. Every codec's output is checked lossless.
@@ -28,7 +31,10 @@ import zstandard  # noqa: E402
 
 from bench._common import best_time  # noqa: E402
 
+import fpfs  # noqa: E402
+from fpfs import _kernels, parallel  # noqa: E402
 from fpfs.codecs import decode_chunk, encode_chunk  # noqa: E402
+from fpfs.packed_file import PackedFile  # noqa: E402
 from fpfs.compress import plan_chunks  # noqa: E402
 from fpfs.container import DEFAULT_CHUNK_SIZE, checksum  # noqa: E402
 from fpfs.formats import detect as read_layout  # noqa: E402
@@ -80,6 +86,42 @@ def bench_fpfs(path: str, data: bytes, repeat: int) -> dict:
     return res
 
 
+def bench_fpfs_read(path: str, data: bytes, repeat: int, tmp: str) -> dict:
+    """fpfs.open(p).read() of the whole file: threads=1 and all cores."""
+    fpz = os.path.join(tmp, os.path.basename(path) + ".fpz")
+    if not os.path.exists(fpz):
+        fpfs.compress_file(path, fpz)
+    res = {"size": os.path.getsize(fpz)}
+    packed = PackedFile(fpz)
+    try:
+        for threads in (1, THREADS):
+            def run():
+                out, view = _kernels.bytes_for_writing(packed.size)
+                parallel.read_into(packed, 0, view, threads)   # what FpzFile.read() runs
+                view.release()
+                return out
+            res[f"d{threads}"] = best_time(run, repeat)
+            assert run() == data
+    finally:
+        packed.close()
+    with fpfs.open(fpz) as f:               # and the call itself gives the same bytes
+        assert f.read() == data
+    return res
+
+
+def bench_memcpy(data: bytes, repeat: int) -> dict:
+    t = best_time(lambda: bytes(bytearray(data)), repeat) / 2     # two copies per call
+    return {"size": len(data), "d1": t, f"d{THREADS}": t}
+
+
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def bench_zstd(data: bytes, repeat: int) -> dict:
     res = {}
     for threads in (1, THREADS):
@@ -125,33 +167,51 @@ def bench_zipnn(name: str, data: bytes, prefix: int, repeat: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3, help="best of N timings (default 3)")
+    ap.add_argument("--dtypes", default=",".join(REAL_DTYPES),
+                    help="comma-separated dtypes (default: all of %(default)s)")
+    ap.add_argument("--kernels", default=_kernels.simd_kernel(),
+                    help="rANS32 decoders to time fpfs with, comma-separated: avx2, "
+                         "portable (default: the one this CPU uses, %(default)s)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="fpfs-bench-")
+    kernels = [k for k in args.kernels.split(",") if _kernels.set_simd_kernel(k) == k]
     rows = []
-    for name in REAL_DTYPES:
+    for name in args.dtypes.split(","):
         path = real_weights_file(name, tmp)
         with open(path, "rb") as f:
             data = f.read()
         prefix = read_layout(path).prefix_length
-        results = {"fpfs": bench_fpfs(path, data, args.repeat),
-                   "zstd -3": bench_zstd(data, args.repeat)}
+        results = {}
+        for kernel in kernels:
+            _kernels.set_simd_kernel(kernel)
+            tag = f" [{kernel}]" if len(kernels) > 1 else ""
+            results["fpfs" + tag] = bench_fpfs(path, data, args.repeat)
+            results["fpfs read()" + tag] = bench_fpfs_read(path, data, args.repeat, tmp)
+        _kernels.set_simd_kernel(kernels[0])
+        results["zstd -3"] = bench_zstd(data, args.repeat)
         try:
             results["ZipNN"] = bench_zipnn(name, data, prefix, args.repeat)
         except Exception as exc:           # report, do not hide
             print(f"ZipNN failed on {name}: {exc}", file=sys.stderr)
+        results["memcpy"] = bench_memcpy(data, args.repeat)
+        zipnn = results.get("ZipNN")
         for codec, r in results.items():
             gb = len(data) / 1e9
-            rows.append((name, codec, 100 * r["size"] / len(data), gb / r["c1"],
-                         gb / r[f"c{THREADS}"], gb / r["d1"], gb / r[f"d{THREADS}"],
-                         " (NOT lossless)" if r.get("lossy") else ""))
+            cell = (lambda key: f"{gb / r[key]:.2f}" if key in r else "")
+            vs = (lambda key: f"{zipnn[key] / r[key]:.2f}×" if zipnn and key in r else "")
+            rows.append((name, codec + (" (NOT lossless)" if r.get("lossy") else ""),
+                         f"{100 * r['size'] / len(data):.2f}" if codec != "memcpy" else "",
+                         cell("c1"), cell(f"c{THREADS}"), cell("d1"), vs("d1"),
+                         cell(f"d{THREADS}"), vs(f"d{THREADS}")))
         print(f"done {name}", file=sys.stderr)
-    print(f"\nall-MiniLM-L6-v2 (22.7 M parameters), {THREADS} threads = all cores; "
-          f"GB/s of original bytes, best of {args.repeat}\n")
+    print(f"\nall-MiniLM-L6-v2 (22.7 M parameters) on {cpu_model()} ({os.cpu_count()} cores; "
+          f"rANS32 decoder: {', '.join(kernels)}); {THREADS}T = all cores; GB/s of original "
+          f"bytes, best of {args.repeat}; ×: decompress speed over ZipNN's, same run\n")
     print(f"| dtype | codec | size % | compress 1T | compress {THREADS}T | "
-          f"decompress 1T | decompress {THREADS}T |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for name, codec, pct, c1, cn, d1, dn, note in rows:
-        print(f"| {name} | {codec}{note} | {pct:.2f} | {c1:.2f} | {cn:.2f} | {d1:.2f} | {dn:.2f} |")
+          f"decompress 1T | × ZipNN | decompress {THREADS}T | × ZipNN |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
