@@ -55,8 +55,12 @@ static inline ptrdiff_t fpfs_r32_steps_portable(uint32_t *st, const uint32_t *ta
     const uint8_t *p = *pp;
     ptrdiff_t k = 0;
     while (k < nsteps && p <= stop) {
+        /* all 32 symbols first (independent table loads), then the renormalisations in
+           lane order (a short serial chain through p) */
+        for (int lane = 0; lane < FPFS_R32_LANES; lane++)
+            st[lane] = fpfs_r32_dsym(st[lane], tab, out + lane);
         for (int lane = 0; lane < FPFS_R32_LANES; lane++) {
-            uint32_t x = fpfs_r32_dsym(st[lane], tab, out + lane);
+            uint32_t x = st[lane];
             uint32_t w = (uint32_t)p[0] | ((uint32_t)p[1] << 8);
             uint32_t c = x < FPFS_R32_L;    /* branch-free: a branch mispredicts often */
             st[lane] = (x << (c << 4)) | (w & (0u - c));

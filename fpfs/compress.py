@@ -53,9 +53,16 @@ def plan_chunks(layout: Layout, chunk_size: int,
         if btype is not None and r.length % btype.block_bytes == 0:
             step = max(btype.block_bytes, chunk_size // btype.block_bytes * btype.block_bytes)
         base_start = base_offsets.get(r.offset)
-        for off in range(r.offset, r.offset + r.length, step):
+        end = r.offset + r.length
+        # Cut at multiples of step in the file, not in the region: readers ask for aligned
+        # ranges (the kernel's 1 MiB readahead, page-cache pages), which then cover whole
+        # chunks - decoded straight into the reader's buffer - instead of straddling two.
+        cuts = [r.offset] + list(range((r.offset // step + 1) * step, end, step)) \
+            if step == chunk_size and r.length > step else \
+            list(range(r.offset, end, step))
+        for off, stop in zip(cuts, cuts[1:] + [end]):
             base_off = None if base_start is None else base_start + off - r.offset
-            chunks.append((off, min(step, r.offset + r.length - off), r.dtype, base_off))
+            chunks.append((off, stop - off, r.dtype, base_off))
     return chunks
 
 

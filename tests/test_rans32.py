@@ -178,3 +178,14 @@ def test_set_simd_kernel_falls_back():
     assert _kernels.set_simd_kernel("avx2") in ("avx2", "portable")
     with pytest.raises(ValueError):
         _kernels.set_simd_kernel("avx1024")
+
+
+def test_environment_forces_the_portable_kernel():
+    """FPFS_SIMD=portable (what CI's second run sets) is read at import."""
+    import subprocess
+    import sys
+    code = "import fpfs._kernels as k; print(k.simd_kernel())"
+    env = dict(__import__("os").environ, FPFS_SIMD="portable")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "portable"

@@ -177,7 +177,15 @@ def test_chunk_sizes(tmp_path, chunk_size):
                      ("v", "F32", sample_bytes("F32", chunk_size - 4, rng))])
     fpz = roundtrip(str(tmp_path), content, chunk_size=chunk_size)
     with Container(fpz) as c:
-        assert [int(x) for x in c.table["orig_length"]] == [chunk_size] * 3 + [2, chunk_size - 4]
+        offsets = [int(x) for x in c.table["orig_offset"]]
+        lengths = [int(x) for x in c.table["orig_length"]]
+    # w (3 chunks + 2 bytes) is cut at multiples of chunk_size in the file, so aligned
+    # reads cover whole chunks: 4 pieces, every inner cut aligned; v (< 1 chunk) is whole.
+    w_start, w_len = offsets[0], 3 * chunk_size + 2
+    assert offsets[:4] == [w_start] + [(w_start // chunk_size + k) * chunk_size
+                                       for k in (1, 2, 3)]
+    assert sum(lengths[:4]) == w_len and max(lengths) <= chunk_size
+    assert lengths[4:] == [chunk_size - 4] and offsets[4] == w_start + w_len
 
 
 @pytest.mark.parametrize("chunk_size", [0, 4095, 4100, 64 * 1024 * 1024 + 8, -8])
