@@ -23,15 +23,22 @@ Measured (GB/s are of original bytes):
   file's own reads subtracted) for the cold sequential read and the random reads;
 - daemon RSS (rss_bytes from `fpfs status --json`) after the loads, largest over all mounts,
   and the cache budget.
+- beside them, in the same run: what this machine decodes in-process with all threads
+  into a reused buffer (fpfs chunk codec, bench_codec.py's loop) and ZipNN's 2-thread
+  decompress, so the mount's cold sequential read is put against its ceiling;
+- fio 4 KiB random read IOPS and completion latency p50 (psync, 1 job, 5 s) on a fresh
+  mount and on the raw file, when fio is installed.
 Bytes read through the mount are checked equal to the raw file.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +46,10 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench._common import best_time, cli, mounted, percentile, status  # noqa: E402
+from bench.bench_codec import (THREADS, bench_fpfs, bench_zipnn,  # noqa: E402
+                               cpu_model)
+from fpfs import _kernels  # noqa: E402
+from fpfs.formats import detect  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 from tests.weights import real_weights_file  # noqa: E402
 
@@ -98,6 +109,19 @@ def timed_load(path: str) -> float:
     dt = time.perf_counter() - t
     assert tensors
     return dt
+
+
+def fio_randread(path: str, seconds: int = 5) -> dict:
+    """fio 4 KiB random reads of path: {'iops', 'p50_us'}, or {} without fio."""
+    if shutil.which("fio") is None:
+        return {}
+    res = subprocess.run(
+        ["fio", "--name=randread", f"--filename={path}", "--rw=randread", "--bs=4k",
+         "--ioengine=psync", "--numjobs=1", f"--runtime={seconds}", "--time_based",
+         "--invalidate=1", "--output-format=json"],
+        capture_output=True, text=True, check=True)
+    job = json.loads(res.stdout)["jobs"][0]["read"]
+    return {"iops": job["iops"], "p50_us": job["clat_ns"]["percentile"]["50.000000"] / 1e3}
 
 
 class Requests:
@@ -167,6 +191,20 @@ def bench_dtype(name: str, work: str, args) -> dict:
         r["rand_warm"] = random_latencies(through, offsets)
         r["rss"].append(status(mnt)["rss_bytes"])
 
+    # fio random 4 KiB (a fresh mount: its first reads decode chunks, later ones hit them)
+    r["fio_raw"] = fio_randread(raw)
+    with mounted(backing, mnt, *extra):
+        r["fio_mnt"] = fio_randread(through)
+
+    # the decode ceiling, in process
+    with open(raw, "rb") as f:
+        data = f.read()
+    r["codec_fpfs"] = bench_fpfs(raw, data, args.repeat)
+    try:
+        r["codec_zipnn"] = bench_zipnn(name, data, detect(raw).prefix_length, args.repeat)
+    except Exception as exc:          # report, do not hide
+        print(f"ZipNN failed on {name}: {exc}", file=sys.stderr)
+
     # safetensors load_file
     first = timed_load(raw)
     r["load_raw"] = (first, min(timed_load(raw) for _ in range(args.repeat)))
@@ -207,10 +245,15 @@ def main() -> None:
     rows = []
     for name, r in results.items():
         gb = r["size"] / 1e9
+        ceiling = r["codec_fpfs"][f"d{THREADS}"]
         rows += [
             (f"{name} sequential read GB/s (mount: cold fpfs cache, best of {args.repeat})",
              f"{gb / r['seq_raw']:.2f}", f"{gb / min(r['seq_cold']):.2f}"
              f" (runs {', '.join(f'{gb / t:.2f}' for t in r['seq_cold'])})"),
+            (f"{name} in-process decode GB/s, {THREADS} threads (raw column: ZipNN "
+             f"decompress; mount column: fpfs into a reused buffer, and mount cold read / it)",
+             f"ZipNN {gb / r['codec_zipnn'][f'd{THREADS}']:.2f}" if "codec_zipnn" in r else "",
+             f"{gb / ceiling:.2f} ({ceiling / min(r['seq_cold']):.2f}×)"),
             (f"{name} sequential read GB/s, 2nd read same mount (kernel page cache)",
              "", f"{gb / r['seq_warm']:.2f}"),
             (f"{name} daemon chunk load GB/s per thread (status decode_gbps, cold run)", "",
@@ -223,6 +266,10 @@ def main() -> None:
              f"{us(percentile(r['rand_cold'], 50))} / {us(percentile(r['rand_cold'], 99))}"),
             (f"{name} random 4 KiB pread p50 / p99 µs, warm (same offsets again)", "",
              f"{us(percentile(r['rand_warm'], 50))} / {us(percentile(r['rand_warm'], 99))}"),
+            (f"{name} fio 4 KiB randread IOPS / p50 µs (psync, 1 job, 5 s, fresh mount)",
+             f"{r['fio_raw']['iops']:.0f} / {r['fio_raw']['p50_us']:.1f}" if r["fio_raw"] else "",
+             f"{r['fio_mnt']['iops']:.0f} / {r['fio_mnt']['p50_us']:.1f}" if r["fio_mnt"] else
+             "(fio not installed)"),
             (f"{name} mean FUSE request, random 4 KiB preads (KiB)", "",
              f"{r['rand_req'][1] / max(r['rand_req'][0], 1) / 1024:.0f} "
              f"({r['rand_req'][0]} reads for {args.random_reads} preads)"),
@@ -238,7 +285,8 @@ def main() -> None:
     print(f"\nall-MiniLM-L6-v2; file sizes: " + ", ".join(
         f"{n} {r['size'] / 1e6:.1f} MB -> {r['stored'] / 1e6:.1f} MB .fpz "
         f"({100 * r['stored'] / r['size']:.1f} %)" for n, r in results.items())
-        + f"; {os.cpu_count()} cores; raw file and .fpz in the page cache\n")
+        + f"; {cpu_model()}, {os.cpu_count()} cores, rANS32 decoder {_kernels.simd_kernel()}; "
+        f"raw file and .fpz in the page cache\n")
     print("| measurement | raw file | fpfs mount |")
     print("|---|---:|---:|")
     for label, a, b in rows:
