@@ -10,8 +10,9 @@ checksum check, into its place in one reused output buffer), which is what `fpfs
 and reads through the mount run. "fpfs read()" is the public API a loader calls:
 `fpfs.open(p).read()` of the whole .fpz (in the page cache), a new bytes object like
 ZipNN's and zstd's output (their APIs offer no other way), decoded on 1 and on all threads.
-"memcpy" copies the original into a new bytes object: the ceiling for any decoder that
-returns one. --kernels repeats the fpfs rows with each rANS32 decoder (FPFS_SIMD).
+"fpfs decompress" is `fpfs decompress` of that .fpz to a new file beside it (all cores,
+SHA-256 checked; tmpfs or disk, wherever $TMPDIR is). "memcpy" copies the original into a
+new bytes object: the ceiling for any decoder that returns one. --kernels repeats the fpfs rows with each rANS32 decoder (FPFS_SIMD).
 ZipNN gets the safetensors header stored raw and the tensor data with the dtype hint (on the
 whole file it is not lossless when the header length is odd); FP8/MXFP4 data is given to it
 as float8_e4m3fn, its only one-byte float mode. Every codec's output is checked lossless.
@@ -109,6 +110,23 @@ def bench_fpfs_read(path: str, data: bytes, repeat: int, tmp: str) -> dict:
     return res
 
 
+def bench_fpfs_decompress(path: str, data: bytes, repeat: int, tmp: str) -> dict:
+    """`fpfs decompress` (decompress_file: decode on all cores, SHA-256 check, write a new
+    file in the same directory, rename) of the .fpz bench_fpfs_read wrote."""
+    fpz = os.path.join(tmp, os.path.basename(path) + ".fpz")
+    out = os.path.join(tmp, "decompressed")
+
+    def run():
+        fpfs.decompress_file(fpz, out)
+        os.unlink(out)
+    res = {"size": os.path.getsize(fpz), f"d{THREADS}": best_time(run, repeat)}
+    fpfs.decompress_file(fpz, out)
+    with open(out, "rb") as f:
+        assert f.read() == data
+    os.unlink(out)
+    return res
+
+
 def bench_memcpy(data: bytes, repeat: int) -> dict:
     t = best_time(lambda: bytes(bytearray(data)), repeat) / 2     # two copies per call
     return {"size": len(data), "d1": t, f"d{THREADS}": t}
@@ -187,6 +205,8 @@ def main() -> None:
             tag = f" [{kernel}]" if len(kernels) > 1 else ""
             results["fpfs" + tag] = bench_fpfs(path, data, args.repeat)
             results["fpfs read()" + tag] = bench_fpfs_read(path, data, args.repeat, tmp)
+            results["fpfs decompress" + tag] = bench_fpfs_decompress(path, data, args.repeat,
+                                                                     tmp)
         _kernels.set_simd_kernel(kernels[0])
         results["zstd -3"] = bench_zstd(data, args.repeat)
         try:
