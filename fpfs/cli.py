@@ -468,6 +468,11 @@ def add_store_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retries", type=int, default=S3Settings.max_attempts - 1, metavar="N",
                    help="retries of a failed request, with exponential backoff, before the "
                         f"read fails (EIO through a mount; default {S3Settings.max_attempts - 1})")
+    g.add_argument("--deadline", type=float, default=S3Settings.deadline, metavar="SECONDS",
+                   help="most a read waits for the store, retries included, before it fails "
+                        "(EIO through a mount); a store that stopped answering then fails "
+                        "reads at once until it answers again (default "
+                        f"{S3Settings.deadline:g})")
 
 
 def add_disk_cache_options(p: argparse.ArgumentParser):
@@ -482,18 +487,19 @@ def add_disk_cache_options(p: argparse.ArgumentParser):
 
 
 STORE_OPTIONS = ("endpoint_url", "region", "concurrency", "request_size", "readahead",
-                 "timeout", "retries")
+                 "timeout", "retries", "deadline")
 
 
 def store_settings(args) -> S3Settings:
-    if args.concurrency < 1 or args.retries < 0 or args.timeout <= 0 or args.request_size < 1:
+    if args.concurrency < 1 or args.retries < 0 or args.timeout <= 0 or \
+            args.request_size < 1 or args.deadline <= 0:
         raise UserError("--concurrency and --request-size must be positive, --retries "
-                        "at least 0, --timeout above 0")
+                        "at least 0, --timeout and --deadline above 0")
     return S3Settings(endpoint_url=args.endpoint_url, region=args.region,
                       connect_timeout=min(S3Settings.connect_timeout, args.timeout),
                       read_timeout=args.timeout, max_attempts=args.retries + 1,
                       concurrency=args.concurrency, request_size=args.request_size,
-                      readahead=args.readahead)
+                      readahead=args.readahead, deadline=args.deadline)
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -599,6 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--log-file", default=None,
                    help="where a background mount logs (default ~/.cache/fpfs/<mount>.log)")
     m.add_argument("--debug", action="store_true", help="log every request")
+    m.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (bytes served "
+                        "and fetched, cache hits per tier, store request latencies, errors, "
+                        "retries), e.g. 127.0.0.1:9110")
     m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     add_store_options(m)
     g = add_disk_cache_options(m)
@@ -633,8 +643,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _commands(parser: argparse.ArgumentParser) -> List[str]:
+    return [name for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+            for name in a.choices]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    from .mount.fstab import FstabError, is_fstab_form, mount_argv
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if is_fstab_form(argv, _commands(parser)):
+        # mount.fuse3 (mount -t fuse.fpfs, /etc/fstab) runs `fpfs BACKING MOUNTPOINT -o ...`
+        try:
+            argv = mount_argv(argv)
+        except FstabError as exc:
+            print(f"fpfs: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -295,3 +295,77 @@ def test_object_replaced_while_mounted(own_server, series, tmp_path):
                 break
             time.sleep(0.5)
         assert data == versions[1]
+
+
+# -- metrics --------------------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict:
+    """{'name{labels}': value} of the mount's /metrics (prometheus_client's own parser)."""
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[s.name + (f"{{{labels}}}" if labels else "")] = s.value
+    return out
+
+
+def test_metrics_of_a_remote_mount(published, src_tree, tmp_path):
+    port = free_port()
+    model = os.path.join(snapshot(src_tree), "model.safetensors")
+    with mounted(published, str(tmp_path / "mnt"), "--cache-dir", str(tmp_path / "cache"),
+                 "--metrics", f"127.0.0.1:{port}") as m:
+        with open(os.path.join(snapshot(m.mountpoint), "model.safetensors"), "rb") as f:
+            assert f.read() == open(model, "rb").read()
+        got = scrape(port)
+        store = m.status()["store"]
+    size = os.path.getsize(model)
+    assert got["fpfs_bytes_served_total"] >= size
+    assert got["fpfs_read_errors_total"] == 0
+    assert got["fpfs_store_bytes_fetched_total"] == store["bytes_fetched"] > 0.5 * size
+    assert got["fpfs_store_gets_total"] == store["gets"] > 0
+    assert got['fpfs_cache_misses_total{tier="ram"}'] > 0
+    assert got['fpfs_cache_misses_total{tier="disk"}'] > 0           # a fresh cache dir
+    assert got['fpfs_cache_hits_total{tier="disk"}'] == 0
+    assert 0 < got['fpfs_cache_used_bytes{tier="disk"}'] <= \
+        got['fpfs_cache_budget_bytes{tier="disk"}']
+    assert got['fpfs_store_request_seconds_count{operation="GET"}'] >= store["gets"]
+    assert got['fpfs_store_request_seconds_bucket{le="+Inf",operation="GET"}'] == \
+        got['fpfs_store_request_seconds_count{operation="GET"}']
+    assert got["fpfs_store_retries_total"] == 0 and got["fpfs_store_errors_total"] == 0
+    assert got["fpfs_store_up"] == 1
+    assert got["process_resident_memory_bytes"] > 0
+
+
+def test_metrics_of_a_local_mount(real_files, tmp_path):
+    from tests.mounting import compressed_and_mounted
+    port = free_port()
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(real_files["BF16"], src / "model.safetensors")
+    with compressed_and_mounted(str(src), str(tmp_path), "--metrics",
+                                f"127.0.0.1:{port}") as m:
+        for _ in range(2):
+            with open(m.path("model.safetensors"), "rb") as f:
+                data = f.read()
+        got = scrape(port)
+    assert data == open(real_files["BF16"], "rb").read()
+    assert got["fpfs_bytes_served_total"] >= len(data)
+    assert got['fpfs_cache_misses_total{tier="ram"}'] > 0
+    assert "fpfs_store_bytes_fetched_total" not in got
+
+
+def test_metrics_address_is_checked(tmp_path):
+    os.makedirs(tmp_path / "b")
+    os.makedirs(tmp_path / "m")
+    res = cli("mount", str(tmp_path / "b"), str(tmp_path / "m"), "--metrics", "nonsense")
+    assert res.returncode != 0 and "HOST:PORT" in res.stderr

@@ -181,3 +181,29 @@ def test_find_base_on_urls():
         f"s3://b/p/{name}"
     with pytest.raises(MissingBase):
         find_base("s3://b/p/q/x.fpz", sha, "s3://b/p/q", present.__contains__)
+
+
+# -- circuit breaker ------------------------------------------------------------------------
+def test_circuit_breaker_fails_fast_probes_and_closes(caplog):
+    import time
+    from fpfs.store.breaker import CircuitBreaker, StoreUnavailable
+    breaker = CircuitBreaker("test", cooldown=0.2)
+    assert breaker.before("GET a") is False              # closed: every request goes out
+    with caplog.at_level(logging.WARNING, "fpfs.store"):
+        breaker.failure(OSError("connection refused"))
+        assert breaker.is_open and breaker.trips == 1
+        with pytest.raises(StoreUnavailable, match="connection refused"):
+            breaker.before("GET b")                       # open: fail at once
+        time.sleep(0.25)
+        assert breaker.before("GET c") is True            # one probe after the cooldown ...
+        with pytest.raises(StoreUnavailable):
+            breaker.before("GET d")                       # ... and only one
+        breaker.failure(OSError("still down"), probe=True)
+        with pytest.raises(StoreUnavailable):
+            breaker.before("GET e")
+        time.sleep(0.25)
+        probe = breaker.before("GET f")
+        breaker.success(probe)
+    assert not breaker.is_open and breaker.before("GET g") is False
+    assert breaker.trips == 1
+    assert "not answering" in caplog.text and "answers again" in caplog.text

@@ -68,10 +68,41 @@ class _FUSE(fuse.FUSE):
         return self.operations.read_into(path, ctypes.cast(buf, ctypes.c_void_p).value,
                                          size, offset, fip.contents)
 
+    # mfusepy drops the open file of these (libfuse3 passes it for ftruncate and, with
+    # a NULL path, for an open file it has no name for) and turns UTIME_NOW/UTIME_OMIT
+    # into times: pass both through.
+    def chmod_fuse_3(self, path, mode, fip):
+        return self.operations.chmod(self._decode(path), mode, _fi(fip))
+
+    def chown_fuse_3(self, path, uid, gid, fip):
+        uid = -1 if ctypes.c_uint32(uid + 1).value == 0 else uid
+        gid = -1 if ctypes.c_uint32(gid + 1).value == 0 else gid
+        return self.operations.chown(self._decode(path), uid, gid, _fi(fip))
+
+    def truncate_fuse_3(self, path, length, fip):
+        return self.operations.truncate(self._decode(path), length, _fi(fip))
+
+    def utimens_fuse_3(self, path, buf, fip):
+        times = None
+        if buf:
+            pair = (buf.contents.actime, buf.contents.modtime)
+            times = tuple((ts.tv_sec, ts.tv_nsec) for ts in pair)
+        return self.operations.utimens(self._decode(path), times, _fi(fip))
+
+    def _decode(self, path):
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+
+def _fi(fip):
+    """The fuse_file_info behind a possibly NULL pointer."""
+    return fip.contents if fip else None
+
 
 class _Announcing:
     """Readiness for any fpfs operations class: tells `fpfs mount` (a pipe) and systemd
     once the mount answers, and raises the mount's readahead."""
+
+    attr_timeout = 1.0
 
     def __init__(self, *args, mountpoint: str, ready_fd: Optional[int], **kwargs):
         super().__init__(*args, **kwargs)
@@ -87,7 +118,7 @@ class _Announcing:
             # (auto_cache would re-check only after attr_timeout and serve stale pages).
             config.auto_cache = 0
             config.entry_timeout = 1.0
-            config.attr_timeout = 1.0
+            config.attr_timeout = self.attr_timeout
         threading.Thread(target=self._announce, name="fpfs-ready", daemon=True).start()
 
     def _announce(self) -> None:
@@ -120,9 +151,9 @@ class _RemoteOperations(_Announcing, RemoteOperations):
 def run(backing: str, mountpoint: str, cache_bytes: int, threads: int,
         allow_other: bool = False, debug: bool = False, ready_fd: Optional[int] = None,
         writable: bool = False, prefetch: int = DEFAULT_PREFETCH,
-        remote: Optional[RemoteConfig] = None) -> None:
+        remote: Optional[RemoteConfig] = None, metrics: Optional[str] = None) -> None:
     """Serve backing (a local tree, or with remote an s3:// URL) at mountpoint until
-    unmounted."""
+    unmounted; with metrics (HOST:PORT), Prometheus metrics there too."""
     tune_malloc()
     if remote is not None:
         ops = _RemoteOperations(backing, remote, cache_bytes, threads, prefetch,
@@ -130,9 +161,20 @@ def run(backing: str, mountpoint: str, cache_bytes: int, threads: int,
     else:
         ops = _LocalOperations(backing, cache_bytes, threads, writable, prefetch,
                                mountpoint=mountpoint, ready_fd=ready_fd)
+    if metrics:
+        from ..metrics import serve
+        serve(metrics, ops)
+    # Not hard_remove: libfuse then keeps an unlinked open file reachable under a hidden
+    # name (FpfsOperations moves it out of the user's directory), so fstat, fchmod and
+    # futimens of it work as on a local filesystem.
     options = dict(foreground=True, nothreads=False, ro=not writable, default_permissions=True,
-                   hard_remove=True,
                    fsname="fpfs:" + ops.root, subtype="fpfs", debug=debug)
+    if writable:
+        # Hard links show one inode number (the backing one); and libfuse gives every
+        # name its own node, so a change through one name (chmod, link, unlink) must not
+        # leave the other names' attributes cached.
+        options["use_ino"] = True
+        ops.attr_timeout = 0.0
     if allow_other:
         options["allow_other"] = True
     try:

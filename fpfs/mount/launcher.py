@@ -63,6 +63,9 @@ def remote_config(args) -> Optional[RemoteConfig]:
 
 def mount(args) -> int:
     check_environment(args.backing, args.mountpoint)
+    if args.metrics:
+        from ..metrics import parse_address
+        parse_address(args.metrics)         # a bad address fails here, in one line
     remote = remote_config(args)
     threads = args.threads or os.cpu_count() or 2
     if remote is not None and not args.foreground:
@@ -74,7 +77,7 @@ def mount(args) -> int:
         from .daemon import run
         ready_fd = getattr(args, "ready_fd", None)
         run(args.backing, args.mountpoint, args.cache_size, threads, args.allow_other,
-            args.debug, ready_fd, args.writable, args.prefetch, remote)
+            args.debug, ready_fd, args.writable, args.prefetch, remote, args.metrics)
         return 0
     return _spawn(args, threads)
 
@@ -94,6 +97,8 @@ def _spawn(args, threads: int) -> int:
         cmd.append("--writable")
     if args.debug:
         cmd.append("--debug")
+    if args.metrics:
+        cmd += ["--metrics", args.metrics]
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 pass_fds=(w,), start_new_session=True, close_fds=True)

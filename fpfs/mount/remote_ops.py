@@ -123,6 +123,7 @@ class RemoteOperations(ReadOperations):
         d = super().status()
         store = self.tree.store
         d["store"] = store.stats.as_dict()
+        d["store"]["up"] = not store.breaker.is_open       # False: reads fail fast (EIO)
         if store.disk_cache is not None:
             d["disk_cache"] = {"directory": store.disk_cache.directory,
                                "used_bytes": store.disk_cache.used,

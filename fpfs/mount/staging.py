@@ -1,18 +1,22 @@
 """Writes through a `--writable` mount. A file opened for writing is staged as a hidden
-file beside its target in the backing tree; when the last writer closes it, it is stored
-for good: content that fpfs recognises (fpfs.formats: sniffed, not named) is compressed to
-TARGET.fpz - as a delta when a file beside it holds the same tensors (a checkpoint saved next
-to the previous one, a fine-tune next to its base) - anything else renamed to TARGET, each
-atomically (temporary file, fsync, rename). The previous
-version stays intact until then, so a crash or a full disk loses at most the file being
-written. Independent of FUSE, so it is tested directly too."""
+file at the top of the backing tree (never in the user's directory, so an `rmdir` right
+after a close never sees it - FUSE's release is asynchronous); when the last writer closes
+it, it is stored for good: content that fpfs recognises (fpfs.formats: sniffed, not named)
+is compressed to TARGET.fpz - as a delta when a file beside it holds the same tensors (a
+checkpoint saved next to the previous one, a fine-tune next to its base) - anything else
+published as TARGET, each atomically (temporary file, fsync, rename). The previous version
+stays intact until then, so a crash or a full disk loses at most the file being written.
+A staged file carries the owner, mode and extended attributes the stored file will have.
+Independent of FUSE, so it is tested directly too."""
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import stat
 import threading
-from typing import Dict, Optional
+import uuid
+from typing import Dict, List, Optional, Tuple
 
 from .. import SUFFIX, tempfiles
 from ..compress import compress_if_smaller, worth_compressing, write_original
@@ -23,9 +27,11 @@ from ..tree import copy_metadata
 
 log = logging.getLogger("fpfs.mount")
 
+Owner = Tuple[int, int]          # (uid, gid); -1 leaves that one as the daemon made it
+
 
 class StagedFile:
-    __slots__ = ("target", "path", "fd", "refs", "dirty")
+    __slots__ = ("target", "path", "fd", "refs", "dirty", "orphaned")
 
     def __init__(self, target: str, path: str, fd: int):
         self.target = target      # backing path the file will have (without .fpz)
@@ -33,6 +39,7 @@ class StagedFile:
         self.fd = fd
         self.refs = 0
         self.dirty = False
+        self.orphaned = False     # its name was unlinked or renamed over: never stored
 
 
 class StagingArea:
@@ -40,6 +47,7 @@ class StagingArea:
         self.root = root
         self._staged: Dict[str, StagedFile] = {}
         self._lock = threading.Lock()
+        self._name_max = os.statvfs(root).f_namemax
 
     def clean_leftovers(self) -> int:
         """Remove temporary files a killed daemon or compressor left; returns the count."""
@@ -49,14 +57,23 @@ class StagingArea:
         with self._lock:
             return self._staged.get(target)
 
+    def names_in(self, directory: str) -> Dict[str, StagedFile]:
+        """Name -> staged file, for the files being written in directory (readdir must
+        list a file from its creat() on, before it is stored)."""
+        with self._lock:
+            staged = list(self._staged.values())
+        return {os.path.basename(f.target): f for f in staged
+                if os.path.dirname(f.target) == directory}
+
     def open(self, target: str, existing: Optional[str], packed: bool, truncate: bool,
-             mode: int = 0o644) -> StagedFile:
+             mode: int = 0o644, owner: Optional[Owner] = None) -> StagedFile:
         """Start (or join) writing target. existing is its current backing file, if any
-        (a container when packed); its content is staged unless truncate."""
+        (a container when packed); its content, owner, mode and extended attributes are
+        staged (the content unless truncate). A new file gets mode and owner."""
         with self._lock:
             staged = self._staged.get(target)
             if staged is None:
-                staged = self._stage(target, existing, packed, truncate, mode)
+                staged = self._stage(target, existing, packed, truncate, mode, owner)
                 self._staged[target] = staged
             elif truncate:
                 os.ftruncate(staged.fd, 0)
@@ -66,67 +83,120 @@ class StagingArea:
                 staged.dirty = True
             return staged
 
-    def _stage(self, target, existing, packed, truncate, mode) -> StagedFile:
-        directory, name = os.path.split(target)
-        fd, path = tempfiles.create(directory, f"stage-{name[:40]}-")
+    def _stage(self, target, existing, packed, truncate, mode, owner) -> StagedFile:
+        name = os.path.basename(target)
+        fd, path = tempfiles.create(self.root, f"stage-{name[:40]}-")
         try:
+            st = os.stat(existing) if existing is not None else None
             if existing is not None and not truncate:
                 with os.fdopen(os.dup(fd), "wb") as out:
                     if packed:
                         pf = PackedFile(existing, root=self.root)
                         try:
-                            write_original(pf.container, out)
+                            write_original(pf, out)
                         finally:
                             pf.close()
-                    else:
-                        with open(existing, "rb") as src:
-                            shutil.copyfileobj(src, out, 1 << 20)
-            os.chmod(path, os.stat(existing).st_mode & 0o7777 if existing else mode & 0o7777)
+                        if os.stat(existing).st_atime_ns != st.st_atime_ns:
+                            os.utime(existing, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    else:                # reading to stage is no access by the user
+                        src = os.open(existing, os.O_RDONLY | os.O_NOATIME | os.O_CLOEXEC)
+                        with open(src, "rb") as f:
+                            shutil.copyfileobj(f, out, 1 << 20)
+            if st is not None:
+                _chown(path, (st.st_uid, st.st_gid))
+                os.chmod(path, stat.S_IMODE(st.st_mode))
+                copy_xattrs(existing, path)
+                if not truncate:        # opening to write changes no time by itself
+                    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            else:
+                _chown(path, owner)     # first: chown clears set-id bits, chmod sets them
+                os.chmod(path, mode & 0o7777)
         except BaseException:
             os.close(fd)
             os.unlink(path)
             raise
         return StagedFile(target, path, fd)
 
-    def move(self, old_target: str, new_target: str) -> bool:
-        """A file being written was renamed (safetensors and the HF hub write a temporary
-        name and rename it, sometimes before closing): it will be stored under the new
-        name. Returns whether old_target was being written."""
+    def move(self, old_target: str, new_target: str) -> None:
+        """A name (a file, or a directory with files being written under it) was renamed:
+        what is being written there will be stored under the new name. A file being
+        written under new_target was replaced by the rename: it is never stored."""
         with self._lock:
-            staged = self._staged.pop(old_target, None)
-            if staged is None:
-                return False
-            staged.target = new_target
-            staged.dirty = True
-            self._staged[new_target] = staged
-            return True
+            replaced = self._staged.pop(new_target, None)
+            if replaced is not None and replaced.target != old_target:
+                replaced.orphaned = True
+            prefix = old_target + os.sep
+            for target in [t for t in self._staged if t == old_target or t.startswith(prefix)]:
+                staged = self._staged.pop(target)
+                staged.target = new_target + target[len(old_target):]
+                self._staged[staged.target] = staged
+
+    def forget(self, target: str) -> None:
+        """target was unlinked: a file being written there keeps its content for the
+        descriptors open on it, but is never stored."""
+        with self._lock:
+            staged = self._staged.pop(target, None)
+            if staged is not None:
+                staged.orphaned = True
 
     def commit(self, staged: StagedFile) -> None:
         """Store the staged content as the target's new version (raises OSError, e.g.
         ENOSPC: then the previous version is untouched and the staged data kept)."""
+        if staged.orphaned:
+            return
         os.fsync(staged.fd)
-        layout = detect(staged.path)
-        stored = None
-        if worth_compressing(layout):
-            candidates = neighbour_candidates(staged.target, self.root)
-            base = choose_base(layout, candidates)
-            stored = compress_if_smaller(staged.path, staged.target + SUFFIX, layout=layout,
-                                         base=base, store_root=self.root)
-        if stored is not None:
-            copy_metadata(staged.path, staged.target + SUFFIX)
+        if _linked_plain(staged.target, staged.fd):
+            _rewrite_in_place(staged)
+            staged.dirty = False
+            return
+        stored = False
+        if self._may_compress(staged.target):
+            stored = self._store_compressed(staged)
+        if stored:
             _remove_file(staged.target)                  # a plain older version
-        else:
+        elif not _same_file(staged.target, staged.fd):  # (else published already)
             # Keep the staging file (open descriptors still use it): publish a copy-free
             # hard link under the target name, atomically replacing any old version.
             tmp = staged.path + ".publish"
             try:
                 os.link(staged.path, tmp)
-            except OSError:                              # no hard links on this fs
+            except OSError:                              # no hard links here
                 shutil.copy2(staged.path, tmp)
+                copy_xattrs(staged.path, tmp)
+                st = os.stat(staged.path)
+                _chown(tmp, (st.st_uid, st.st_gid))
+                os.chmod(tmp, stat.S_IMODE(st.st_mode))
             os.replace(tmp, staged.target)
             _remove_file(staged.target + SUFFIX)         # a compressed older version
         _fsync_dir(os.path.dirname(staged.target))
         staged.dirty = False
+
+    def _may_compress(self, target: str) -> bool:
+        """A name with no room for the .fpz suffix is stored as it is."""
+        return len(os.fsencode(os.path.basename(target))) + len(SUFFIX) <= self._name_max
+
+    def _store_compressed(self, staged: StagedFile) -> bool:
+        """Compress the staged content to TARGET.fpz, if fpfs recognises it and that is
+        smaller. The container is finished under a temporary name and renamed over the
+        old version only then, so the target never goes missing on the way."""
+        layout = detect(staged.path)
+        if not worth_compressing(layout):
+            return False
+        candidates = neighbour_candidates(staged.target, self.root)
+        base = choose_base(layout, candidates)
+        tmp = os.path.join(self.root, f"{tempfiles.TMP_PREFIX}pub-{uuid.uuid4().hex}{SUFFIX}")
+        try:
+            if compress_if_smaller(staged.path, tmp, layout=layout, base=base,
+                                   store_root=self.root) is None:
+                return False
+            st = os.fstat(staged.fd)
+            _chown(tmp, (st.st_uid, st.st_gid))
+            copy_metadata(staged.path, tmp)
+            copy_xattrs(staged.path, tmp)
+            os.replace(tmp, staged.target + SUFFIX)
+        finally:
+            _remove_file(tmp)
+        return True
 
     def release(self, staged: StagedFile) -> None:
         """Drop one writer; the last one commits pending changes and removes the staging
@@ -135,7 +205,8 @@ class StagingArea:
             staged.refs -= 1
             if staged.refs > 0:
                 return
-            del self._staged[staged.target]
+            if self._staged.get(staged.target) is staged:
+                del self._staged[staged.target]
         try:
             if staged.dirty:
                 self.commit(staged)
@@ -144,6 +215,67 @@ class StagingArea:
         finally:
             os.close(staged.fd)
             _remove_file(staged.path)
+
+
+def copy_xattrs(src: str, dst: str) -> None:
+    """Give dst the extended attributes of src (best effort: a filesystem without them,
+    or a namespace the daemon may not write, keeps what it can)."""
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False),
+                        follow_symlinks=False)
+        except OSError as exc:
+            log.info("could not copy xattr %s to %s: %s", name, dst, exc)
+
+
+def _chown(path: str, owner: Optional[Owner]) -> None:
+    if owner is None or owner == (-1, -1):
+        return
+    try:
+        os.chown(path, owner[0], owner[1], follow_symlinks=False)
+    except PermissionError:     # a daemon that is not root keeps its own ownership
+        pass
+
+
+def _linked_plain(target: str, fd: int) -> bool:
+    """Whether target is a plain file with other hard links (not the staged file)."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and \
+        not os.path.samestat(st, os.fstat(fd))
+
+
+def _rewrite_in_place(staged: StagedFile) -> None:
+    """A file with several names is one inode: new content goes into it, so every name
+    shows it (as on a local filesystem; this store is not atomic, unlike a replace)."""
+    out = os.open(staged.target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        size = os.fstat(staged.fd).st_size
+        done = 0
+        while done < size:
+            n = os.copy_file_range(staged.fd, out, size - done, done, done)
+            if n == 0:
+                break
+            done += n
+        os.ftruncate(out, size)
+        st = os.fstat(staged.fd)
+        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.fsync(out)
+    finally:
+        os.close(out)
+
+
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        return os.path.samestat(os.lstat(path), os.fstat(fd))
+    except FileNotFoundError:
+        return False
 
 
 def _remove_file(path: str) -> None:

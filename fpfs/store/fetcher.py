@@ -49,9 +49,8 @@ class ChunkFetcher:
         self._flights: Dict[int, _Flight] = {}
         self._next = 0                  # the chunk after the last one asked for
         self._ahead = 0                 # chunks below this were fetched or scheduled ahead
-        s = self._settings
-        # A waiter gives up after what the GET itself may take at most, plus slack.
-        self._wait = s.max_attempts * (s.connect_timeout + s.read_timeout) + 30.0
+        # A reader waits at most the deadline for a GET (which may retry for longer).
+        self._wait = self._settings.deadline
         self._identity = obj.identity
 
     def _disk_key(self, index: int) -> str:
@@ -93,8 +92,8 @@ class ChunkFetcher:
                 if flight is None:
                     continue            # fetched meanwhile by another reader
             if not flight.event.wait(self._wait):
-                raise StoreError(f"{self._obj.name}: chunk {index}: no answer from the store "
-                                 f"in {self._wait:.0f} s")
+                self._give_up(flight, StoreError(f"{self._obj.name}: chunk {index}: no answer "
+                                                 f"from the store in {self._wait:g} s"))
             if flight.error is not None:
                 raise flight.error
         raise StoreError(f"{self._obj.name}: chunk {index}: fetched but evicted before use "
@@ -136,6 +135,8 @@ class ChunkFetcher:
                 first = -1
         if first >= 0:
             runs.append(self._register(first, min(stop, len(self._offsets)) - 1))
+        if self._disk is not None and runs:     # chunks the disk cache did not have
+            self._store.stats.add(disk_misses=sum(last - first + 1 for first, last, _ in runs))
         return runs
 
     def _on_disk(self, index: int) -> bool:
@@ -154,10 +155,27 @@ class ChunkFetcher:
         except RuntimeError as exc:         # the pool is shut down (unmounting)
             self._finish(run[0], run[1], run[2], StoreError(str(exc)))
 
+    def _give_up(self, flight: _Flight, error: StoreError) -> None:
+        """A GET that outlived the deadline: fail its waiters now, and let the next reader
+        of its chunks ask again (the circuit breaker makes that fail fast while the store
+        stays silent). The GET itself finishes on its own."""
+        with self._lock:
+            stuck = [i for i, f in self._flights.items() if f is flight]
+            for i in stuck:
+                del self._flights[i]
+        if flight.error is None:
+            flight.error = error
+        flight.event.set()
+        self._store.stats.add(errors=1)
+        self._store.breaker.failure(error)
+        raise error
+
     def _fetch(self, first: int, last: int, flight: _Flight) -> None:
         start, end = int(self._offsets[first]), int(self._ends[last])
+        if flight.event.is_set():
+            return                          # given up on before its turn came
         try:
-            data = self._obj.read(start, end - start)
+            data = self._obj.fetch(start, end - start)
             if len(data) != end - start:
                 raise CorruptContainer(f"{self._obj.name}: object truncated (wanted "
                                        f"{end - start} bytes at {start}, got {len(data)})")
@@ -188,5 +206,6 @@ class ChunkFetcher:
             for i in range(first, last + 1):
                 if self._flights.get(i) is flight:
                     del self._flights[i]
-        flight.error = error
+        if not flight.event.is_set():       # not given up on already (_give_up)
+            flight.error = error
         flight.event.set()

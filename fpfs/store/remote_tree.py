@@ -68,8 +68,11 @@ class RemoteTree(Store):
     # -- loading -----------------------------------------------------------------------
     def _load(self) -> _Snapshot:
         manifest = join_url(self.url, MANIFEST_NAME)
+        etag = self._manifest_etag
         try:
-            got = self.store.get_if_changed(manifest, self._manifest_etag)
+            # A lookup (getattr) waits for this: at most the store's deadline.
+            got = self.store.bounded(f"GET {manifest}",
+                                     lambda: self.store.get_if_changed(manifest, etag))
         except ObjectChanged:           # no manifest (404): a prefix of plain objects
             self._manifest_etag = None
             return self._listing()
@@ -82,7 +85,9 @@ class RemoteTree(Store):
     def _listing(self) -> _Snapshot:
         self.from_manifest = False
         entries = {}
-        for info in self.store.list(self.url + "/"):
+        listing = self.store.bounded(f"LIST {self.url}/",
+                                     lambda: list(self.store.list(self.url + "/")))
+        for info in listing:
             rel = info.url[len(self.url) + 1:]
             if not rel or rel == MANIFEST_NAME or rel.endswith("/") or \
                     any(p in ("", ".", "..") for p in rel.split("/")):

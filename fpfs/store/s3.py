@@ -8,6 +8,11 @@ timeouts and botocore's "standard" retries (exponential backoff with jitter on 5
 throttling and connection errors); a response body that breaks off mid-transfer is
 retried here the same way. What still fails is a StoreError: EIO through the mount.
 
+A store that stops answering (frozen, unreachable) must not hold a reader for the sum of
+every retry's timeout: a caller waits at most `deadline` seconds for any request
+(bounded()), and a circuit breaker (breaker.py) then fails further requests at once
+until a probe gets an answer again.
+
 An S3Object is one *version* of an object: every ranged GET after the first carries
 If-Match with the ETag first seen, so bytes of a replaced object are never mixed with the
 old one's (ObjectChanged instead)."""
@@ -18,13 +23,16 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, TypeVar
 
 import numpy as np
 
 from ..errors import FpfsError, ObjectChanged, StoreError
+from ..metrics import Latencies
 from . import Store, StoreObject, split_url
+from .breaker import CircuitBreaker, StoreUnavailable
 
 log = logging.getLogger("fpfs.store")
 T = TypeVar("T")
@@ -35,8 +43,9 @@ class S3Settings:
     endpoint_url: Optional[str] = None   # None: AWS_ENDPOINT_URL / ~/.aws/config / AWS itself
     region: Optional[str] = None         # None: AWS_REGION / ~/.aws/config
     connect_timeout: float = 5.0
-    read_timeout: float = 30.0           # per socket read: a stalled server fails in bounded time
+    read_timeout: float = 10.0           # per socket read: a stalled request is retried after it
     max_attempts: int = 4                # tries per request (1 = no retries)
+    deadline: float = 30.0               # most a reader waits for the store, retries included
     concurrency: int = 8                 # parallel GETs: read-ahead, load_file, uploads
     request_size: int = 8 << 20          # most bytes one coalesced GET asks for
     readahead: int = 64 << 20            # bytes fetched ahead of a sequential reader
@@ -87,6 +96,14 @@ class _InvalidRange(StoreError):
     """A ranged GET started at or past the end of the object (416)."""
 
 
+class _BodyBroken(StoreError):
+    """A response body broke off mid-transfer (botocore does not retry those)."""
+
+
+# Answers that show the store is up, even though the request failed.
+_ANSWERED = (ObjectChanged, _NotModified, _InvalidRange)
+
+
 def _client_error_code(exc) -> str:
     err = getattr(exc, "response", {}) or {}
     code = str(err.get("Error", {}).get("Code", ""))
@@ -105,6 +122,8 @@ class S3Store(Store):
         self.settings = settings
         self.disk_cache = disk_cache
         self.stats = StoreStats()
+        self.latencies = Latencies()
+        self.breaker = CircuitBreaker(settings.endpoint_url or "s3")
         config = Config(connect_timeout=settings.connect_timeout,
                         read_timeout=settings.read_timeout,
                         retries={"mode": "standard", "max_attempts": settings.max_attempts},
@@ -117,6 +136,10 @@ class S3Store(Store):
         except Exception as exc:          # noqa: BLE001 - botocore raises many kinds here
             raise StoreError(f"cannot set up the S3 client: {exc}") from None
         self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="fpfs-get")
+        # Requests whose caller waits at most the deadline (bounded()) run here, so that a
+        # stalled one leaves its caller free at the deadline.
+        self._waited = ThreadPoolExecutor(max(4, settings.concurrency),
+                                          thread_name_prefix="fpfs-req")
 
     # -- the Store interface -----------------------------------------------------------
     def open(self, name: str, size: Optional[int] = None,
@@ -132,7 +155,40 @@ class S3Store(Store):
 
     # -- requests ----------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """fn() with botocore's retries, and its failures as one-line fpfs errors."""
+        """fn() with botocore's retries, timed, through the circuit breaker, and its
+        failures as one-line fpfs errors."""
+        try:
+            probe = self.breaker.before(what)
+        except StoreUnavailable:
+            self.stats.add(errors=1)
+            raise
+        start = time.perf_counter()
+        try:
+            result = self._translated(what, fn)
+        except _ANSWERED:
+            self.breaker.success(probe)
+            raise
+        except _BodyBroken:             # retried by the caller; only its last failure counts
+            self.breaker.abandon(probe)
+            raise
+        except StoreError as exc:
+            # A failure that came back in time (refused, 5xx after the retries) opens
+            # nothing: only a store that outlives the deadline does (bounded(), the
+            # fetcher). A failed probe keeps the breaker open.
+            if probe and getattr(exc, "store_down", True):
+                self.breaker.failure(exc, probe)
+            else:
+                self.breaker.abandon(probe)
+            raise
+        except BaseException:
+            self.breaker.abandon(probe)
+            raise
+        finally:
+            self.latencies.observe(what.split(" ", 1)[0], time.perf_counter() - start)
+        self.breaker.success(probe)
+        return result
+
+    def _translated(self, what: str, fn: Callable[[], T]) -> T:
         from botocore.exceptions import ClientError, NoCredentialsError, BotoCoreError
         try:
             return fn()
@@ -146,13 +202,54 @@ class S3Store(Store):
             if code in ("InvalidRange", "416"):
                 raise _InvalidRange(what) from None
             self.stats.add(errors=1)
-            raise StoreError(f"{what}: {exc}") from None
+            err = StoreError(f"{what}: {exc}")
+            status = (getattr(exc, "response", {}) or {}).get(
+                "ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            err.store_down = status >= 500 or status == 429 or code in (
+                "SlowDown", "Throttling", "RequestTimeout", "InternalError",
+                "ServiceUnavailable")
+            raise err from None
         except NoCredentialsError:
-            raise StoreError(f"{what}: no AWS credentials (set AWS_ACCESS_KEY_ID and "
-                             "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)") from None
+            err = StoreError(f"{what}: no AWS credentials (set AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)")
+            err.store_down = False
+            raise err from None
+        except _BodyBroken:
+            raise
         except BotoCoreError as exc:
             self.stats.add(errors=1)
             raise StoreError(f"{what}: {exc}") from None
+
+    def bounded(self, what: str, fn: Callable[[], T]) -> T:
+        """fn() (requests to the store), but its caller waits at most settings.deadline:
+        then StoreError, and the breaker opens. What fn does meanwhile is let finish on
+        its own (a stalled socket cannot be interrupted); fn is skipped if its turn comes
+        only after the caller gave up."""
+        try:
+            self.breaker.check(what)        # not even queued behind stalled requests
+        except StoreUnavailable:
+            self.stats.add(errors=1)
+            raise
+        gave_up = threading.Event()
+
+        def run() -> T:
+            if gave_up.is_set():
+                raise StoreUnavailable(f"{what}: abandoned")
+            return fn()
+
+        try:
+            future = self._waited.submit(run)
+        except RuntimeError:                 # shut down: unmounting
+            raise StoreError(f"{what}: the store client is closed") from None
+        try:
+            return future.result(timeout=self.settings.deadline)
+        except FutureTimeout:
+            gave_up.set()
+            exc = StoreError(f"{what}: no answer from the store in "
+                             f"{self.settings.deadline:g} s")
+            self.stats.add(errors=1)
+            self.breaker.failure(exc)
+            raise exc from None
 
     def head(self, url: str) -> ObjectInfo:
         bucket, key = split_url(url)
@@ -176,24 +273,19 @@ class S3Store(Store):
         return self._with_body_retries(what, kwargs, etag)
 
     def _with_body_retries(self, what: str, kwargs: dict, etag: Optional[str]) -> GetResult:
-        from botocore.exceptions import BotoCoreError
-        from urllib3.exceptions import HTTPError
         attempts = max(1, self.settings.max_attempts)
         for attempt in range(attempts):
             try:
-                resp = self._call(what, lambda: self.client.get_object(**kwargs))
+                resp, data = self._call(what, lambda: self._get_once(what, kwargs))
             except _InvalidRange:
                 info = self.head(f"s3://{kwargs['Bucket']}/{kwargs['Key']}")
                 return GetResult(b"", info.size, info.etag)
-            self.stats.add(gets=1, retries=resp["ResponseMetadata"].get("RetryAttempts", 0))
-            try:
-                data = resp["Body"].read()
-            except (HTTPError, OSError, BotoCoreError) as exc:
+            except _BodyBroken as exc:
                 # botocore retries a request only until its headers arrive; a body that
                 # breaks off (server killed, connection reset, read timeout) is retried here.
                 if attempt + 1 == attempts:
                     self.stats.add(errors=1)
-                    raise StoreError(f"{what}: reading the response failed: {exc}") from None
+                    raise StoreError(str(exc)) from None
                 self.stats.add(retries=1)
                 time.sleep(min(20.0, random.random() * 2 ** attempt))
                 continue
@@ -204,6 +296,16 @@ class S3Store(Store):
             self.stats.add(bytes_fetched=len(data))
             return GetResult(data, total, got_etag)
         raise AssertionError("unreachable")
+
+    def _get_once(self, what: str, kwargs: dict):
+        from botocore.exceptions import BotoCoreError
+        from urllib3.exceptions import HTTPError
+        resp = self.client.get_object(**kwargs)
+        self.stats.add(gets=1, retries=resp["ResponseMetadata"].get("RetryAttempts", 0))
+        try:
+            return resp, resp["Body"].read()
+        except (HTTPError, OSError, BotoCoreError) as exc:
+            raise _BodyBroken(f"{what}: reading the response failed: {exc}") from None
 
     def get_if_changed(self, url: str, etag: Optional[str]) -> Optional[GetResult]:
         """The whole object, or None when its ETag is still etag (a 304)."""
@@ -254,6 +356,7 @@ class S3Store(Store):
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self._waited.shutdown(wait=False, cancel_futures=True)
 
 
 class S3Object(StoreObject):
@@ -274,7 +377,7 @@ class S3Object(StoreObject):
 
     def _stat(self) -> None:
         if self._size is None or self._etag is None:
-            info = self.store.head(self.name)
+            info = self.store.bounded(f"HEAD {self.name}", lambda: self.store.head(self.name))
             self._learn(info.size, info.etag)
 
     @property
@@ -297,6 +400,12 @@ class S3Object(StoreObject):
         return len(data)
 
     def read(self, offset: int, size: int) -> bytes:
+        """size bytes at offset; the caller waits at most the store's deadline."""
+        return self.store.bounded(f"GET {self.name}", lambda: self.fetch(offset, size))
+
+    def fetch(self, offset: int, size: int) -> bytes:
+        """read() in the calling thread, however long the store's retries take (the
+        fetcher's pool threads: their readers bound their own wait)."""
         r = self.store.get(self.name, offset, size, self._etag)
         self._learn(r.total, r.etag)
         return r.data
