@@ -197,7 +197,8 @@ def status(mountpoint: str, as_json: bool = False) -> int:
           f"{s['read_errors']} errors")
     print(f"cache        {human_bytes(c['used_bytes'])} of {human_bytes(c['budget_bytes'])}, "
           f"hit rate {100 * c['hit_rate']:.1f} %, {c['evictions']} evictions")
-    print(f"decoded      {human_bytes(c['decoded_bytes'])} at {c['decode_gbps']:.2f} GB/s")
+    print(f"decoded      {human_bytes(c['decoded_bytes'])} at {c['decode_gbps']:.2f} GB/s"
+          + (f" ({s['decoder']} rANS decoder)" if "decoder" in s else ""))
     if "rss_bytes" in s:
         print(f"memory       {human_bytes(s['rss_bytes'])} resident")
     return 0

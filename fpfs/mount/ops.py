@@ -17,7 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .. import SUFFIX
+from .. import SUFFIX, _kernels
 from ..bases import BASES_DIR
 from ..cache import ChunkCache
 from ..container import is_container
@@ -185,7 +185,8 @@ class ReadOperations(fuse.Operations):
         up = time.time() - self.started
         d = {"backing": self.root, "uptime_seconds": up, "bytes_served": self.bytes_served,
              "reads": self.reads, "read_errors": self.read_errors, "open_files": len(self._files),
-             "cache": self.cache.snapshot(), "pid": os.getpid()}
+             "cache": self.cache.snapshot(), "pid": os.getpid(),
+             "decoder": _kernels.simd_kernel()}
         try:
             with open("/proc/self/statm") as f:
                 d["rss_bytes"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
