@@ -129,7 +129,7 @@ class PackedFile:
             pos = stop
         last = -1
         if pos < end:
-            self._prepare(pos, end)
+            self.prepare(pos, end)
         while pos < end:
             index = self.container.chunk_index(pos)
             start, length = self.container.chunk_span(index)
@@ -150,9 +150,10 @@ class PackedFile:
             self._maybe_prefetch(offset, end, last)
         return max(0, end - offset)
 
-    def _prepare(self, pos: int, end: int) -> None:
+    def prepare(self, pos: int, end: int) -> None:
         """Tell the store which chunks of [pos, end) are about to be decoded (not those the
-        cache holds), so a remote one fetches them together."""
+        cache holds), so a remote one fetches them together (in requests of its own size,
+        however the range is then cut among decode threads)."""
         first, last = self.container.chunk_index(pos), self.container.chunk_index(end - 1)
         identity = self.container.identity
         missing = [i for i in range(first, last + 1)

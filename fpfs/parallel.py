@@ -71,6 +71,9 @@ def read_into(packed: "PackedFile", offset: int, out, threads: Optional[int] = N
     if threads == 1 or n < 2 * PIECE_BYTES:
         return packed.read_into(offset, view)
     spans = pieces(packed, offset, offset + n)
+    first = max(offset, len(packed.container.prefix))
+    if first < offset + n:
+        packed.prepare(first, offset + n)
     # More threads than cores only pay while waiting on a store (fpfs.load_file of s3://).
     own_pool = ThreadPoolExecutor(threads - 1) if threads > default_threads() else None
     pool = own_pool or decode_pool()
