@@ -72,6 +72,16 @@ def read_freq_table(s: bytes) -> tuple:
     return freq, bits.end()
 
 
+def _slots(freq: List[int]) -> tuple:
+    """(cum[s], the symbol of each of the 4096 slots) of a frequency table."""
+    cum, slot_symbol, c = [0] * 256, [], 0
+    for sym in range(256):
+        cum[sym] = c
+        c += freq[sym]
+        slot_symbol += [sym] * freq[sym]
+    return cum, slot_symbol
+
+
 def rans_decode(s: bytes, n: int) -> bytes:
     """Decode an rANS stream of exactly n symbols (FORMAT.md, "rANS stream")."""
     freq, pos = read_freq_table(s)
@@ -85,11 +95,7 @@ def rans_decode(s: bytes, n: int) -> bytes:
         states.append(int.from_bytes(s[pos:pos + size], "little"))
         pos += size
         _check(STATE_LOW <= states[-1] < 1 << 56, "state out of range")
-    cum, slot_symbol, c = [0] * 256, [], 0
-    for sym in range(256):
-        cum[sym] = c
-        c += freq[sym]
-        slot_symbol += [sym] * freq[sym]
+    cum, slot_symbol = _slots(freq)
     out = bytearray()
     for block in range(0, n, 2 * LANES):
         r = min(2 * LANES, n - block)
@@ -118,11 +124,7 @@ def rans32_decode(s: bytes, n: int) -> bytes:
     states = [int.from_bytes(s[pos + 4 * j:pos + 4 * j + 4], "little") for j in range(R32_LANES)]
     _check(all(x >= R32_STATE_LOW for x in states), "state out of range")
     pos += 4 * R32_LANES
-    cum, slot_symbol, c = [0] * 256, [], 0
-    for sym in range(256):
-        cum[sym] = c
-        c += freq[sym]
-        slot_symbol += [sym] * freq[sym]
+    cum, slot_symbol = _slots(freq)
     out = bytearray()
     for i in range(n):
         j = i % R32_LANES
