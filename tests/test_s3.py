@@ -170,8 +170,10 @@ def test_disk_cache_serves_a_second_mount_and_warmup_fills_it(published, src_tre
         if run == 0:
             assert store["disk_hits"] == 0 and store["bytes_fetched"] > 20 << 20
         else:
-            # Only the container's head and tail came from the store; every chunk from disk.
+            # Every chunk and the container's head and table came from disk: the only
+            # request was the manifest's.
             assert store["disk_hits"] > 100 and store["bytes_fetched"] < 1 << 20, store
+            assert store["gets"] <= 1, store
 
 
 def test_open_costs_two_gets_and_reads_are_coalesced(published, series):
@@ -185,7 +187,11 @@ def test_open_costs_two_gets_and_reads_are_coalesced(published, series):
         assert f.read() == open(series[0], "rb").read()
     assert opened == 2                          # head + prefix, table + trailer
     request = s3.default_store().settings.request_size
-    assert stats.gets - before - opened <= -(-stored // request) + 2
+    # Coalesced: GETs of up to request_size, plus the small ones of the read-ahead
+    # window's ramp (fetcher.py: it starts at INITIAL_WINDOW after the open and after
+    # each jump; parallel.read_into's pieces start where the previous ones do not end).
+    assert stats.gets - before - opened <= -(-stored // request) + 8, \
+        (stats.gets - before, stored)
 
 
 # -- faults ---------------------------------------------------------------------------------

@@ -65,6 +65,110 @@ def test_damaged_entry_is_dropped_never_served(tmp_path, damage, caplog):
     assert read(cache, "k") == payload(2)
 
 
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "header", "none"])
+def test_get_any_length_checks_every_entry(tmp_path, damage):
+    """get(): entries of unknown length (a container's head and table)."""
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    cache.put("m", payload(3, 777))
+    (path,) = entry_files(str(tmp_path))
+    data = bytearray(open(path, "rb").read())
+    if damage == "flip":
+        data[ENTRY.size + 5] ^= 1
+    elif damage == "truncate":
+        data = data[:-1]
+    elif damage == "empty":
+        data = bytearray()
+    elif damage == "header":
+        data[0] ^= 0xFF
+    open(path, "wb").write(data)
+    if damage == "none":
+        assert cache.get("m", 777) == payload(3, 777)
+        assert cache.get("m", 776) is None          # longer than the caller allows
+    else:
+        assert cache.get("m", 777) is None
+        assert not os.path.exists(path)
+    assert cache.get("other", 777) is None
+
+
+class _FakeObject:
+    """Just enough of an S3Object for a ChunkFetcher: records its GETs."""
+
+    def __init__(self, data: bytes, disk=None, readahead=64 << 20):
+        from fpfs.store.s3 import S3Settings, StoreStats
+        from fpfs.store.breaker import CircuitBreaker
+        from concurrent.futures import ThreadPoolExecutor
+        self.data = data
+        self.name = "s3://b/fake"
+        self.identity = ("s3", self.name, "etag", len(data))
+        self.gets = []
+        lock = threading.Lock()
+        self._lock = lock
+
+        class _Store:
+            settings = S3Settings(request_size=1 << 20, readahead=readahead)
+            stats = StoreStats()
+            breaker = CircuitBreaker("fake")
+            pool = ThreadPoolExecutor(4)
+            disk_cache = disk
+        self.store = _Store()
+
+    def fetch(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            self.gets.append((offset, size))
+        return self.data[offset:offset + size]
+
+
+def _fetcher(obj, chunk=64 << 10):
+    import numpy as np
+    from fpfs.store.fetcher import ChunkFetcher
+    n = len(obj.data) // chunk
+    offsets = np.arange(n, dtype=np.int64) * chunk
+    return ChunkFetcher(obj, offsets, np.full(n, chunk, dtype=np.int64)), n, chunk
+
+
+def _read(f, i, chunk):
+    out = bytearray(chunk)
+    assert f.read_into(i, memoryview(out)) == chunk
+    return bytes(out)
+
+
+def test_readahead_window_starts_small_and_a_jump_restarts_it(tmp_path):
+    """A reader that reads the head and then jumps (safetensors' load_file) does not pull
+    the object; a sequential reader gets the whole window within a few reads; and the
+    second pass is served by the disk cache, read ahead in parallel."""
+    from fpfs.store.fetcher import INITIAL_WINDOW
+    data = os.urandom(32 << 20)
+    obj = _FakeObject(data, DiskCache(str(tmp_path), 1 << 30), readahead=8 << 20)
+    f, n, chunk = _fetcher(obj)
+    f.prepare(0, 3)
+    for i in range(4):
+        assert _read(f, i, chunk) == data[i * chunk:(i + 1) * chunk]
+    obj.store.pool.shutdown(wait=True)          # every GET of the first read is done
+    fetched = sum(size for _, size in obj.gets)
+    assert fetched <= 4 * chunk + INITIAL_WINDOW + chunk
+    obj.store.pool = __import__("concurrent.futures").futures.ThreadPoolExecutor(4)
+    start = n // 2                              # a jump, then sequential reads to the end
+    for i in range(start, n, 4):
+        f.prepare(i, min(i + 3, n - 1))
+        for j in range(i, min(i + 4, n)):
+            assert _read(f, j, chunk) == data[j * chunk:(j + 1) * chunk]
+    obj.store.pool.shutdown(wait=True)
+    got = sorted(obj.gets)
+    assert sum(size for _, size in got) <= 4 * chunk + INITIAL_WINDOW + chunk + \
+        len(data) - start * chunk              # nothing between the head and the jump
+    assert max(size for _, size in got) == obj.store.settings.request_size
+    # A second fetcher of the same version: every chunk from the disk cache, no GET.
+    obj.gets.clear()
+    obj.store.pool = __import__("concurrent.futures").futures.ThreadPoolExecutor(4)
+    f2, _, _ = _fetcher(obj)
+    for i in range(start, n, 4):
+        f2.prepare(i, min(i + 3, n - 1))
+        for j in range(i, min(i + 4, n)):
+            assert _read(f2, j, chunk) == data[j * chunk:(j + 1) * chunk]
+    obj.store.pool.shutdown(wait=True)
+    assert obj.gets == []
+
+
 def test_bounded_least_recently_used_first(tmp_path):
     entry = 1000 + ENTRY.size
     cache = DiskCache(str(tmp_path), 10 * entry)

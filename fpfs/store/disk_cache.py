@@ -22,7 +22,7 @@ import os
 import struct
 import threading
 import time
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import xxhash
 
@@ -81,6 +81,30 @@ class DiskCache:
         except OSError:
             pass
         return True
+
+    def get(self, key: str, max_size: int) -> Optional[bytes]:
+        """The entry's payload, whatever its length (at most max_size); None on a miss."""
+        path = self._path(key)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                data = f.read(ENTRY.size + max_size + 1)
+        except OSError:
+            return None
+        ok = len(data) >= ENTRY.size
+        if ok:
+            magic, length, digest = ENTRY.unpack_from(data)
+            payload = data[ENTRY.size:]
+            ok = magic == MAGIC and length == len(payload) <= max_size and \
+                xxhash.xxh3_64_intdigest(payload) == digest
+        if not ok:
+            log.warning("disk cache entry %s is damaged: dropped, fetching again", path)
+            _unlink(path)
+            return None
+        try:
+            os.utime(path)              # most recently used
+        except OSError:
+            pass
+        return payload
 
     def put(self, key: str, payload) -> None:
         """Store payload under key; never raises (a failing cache only costs fetches)."""

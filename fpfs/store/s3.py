@@ -359,6 +359,11 @@ class S3Store(Store):
         self._waited.shutdown(wait=False, cancel_futures=True)
 
 
+# Plain reads (a container's head and table, small files) up to this size go through the
+# disk cache; chunk payloads always do (fetcher.py).
+MAX_CACHED_READ = 16 << 20
+
+
 class S3Object(StoreObject):
     """One version of an S3 object, pinned by the ETag of the first answer (or given)."""
 
@@ -400,8 +405,24 @@ class S3Object(StoreObject):
         return len(data)
 
     def read(self, offset: int, size: int) -> bytes:
-        """size bytes at offset; the caller waits at most the store's deadline."""
-        return self.store.bounded(f"GET {self.name}", lambda: self.fetch(offset, size))
+        """size bytes at offset; the caller waits at most the store's deadline. Through the
+        disk cache when the version is known beforehand (the tree's manifest names it):
+        the reads that open a container (head, table) then cost no request at a second
+        start."""
+        disk = self.store.disk_cache
+        key = None
+        if disk is not None and self._etag is not None and self._size is not None and \
+                0 < size <= MAX_CACHED_READ:
+            key = f"read:{self.identity!r}:{offset}:{size}"
+            data = disk.get(key, size)
+            if data is not None:
+                self.store.stats.add(disk_hits=1)
+                return data
+            self.store.stats.add(disk_misses=1)
+        data = self.store.bounded(f"GET {self.name}", lambda: self.fetch(offset, size))
+        if key is not None:
+            disk.put(key, data)
+        return data
 
     def fetch(self, offset: int, size: int) -> bytes:
         """read() in the calling thread, however long the store's retries take (the
