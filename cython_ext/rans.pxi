@@ -378,7 +378,8 @@ cdef Py_ssize_t rans32_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
     cdef uint64_t x, c
     cdef const _EncSym* e
     cdef int s, k, base, lane, present
-    cdef Py_ssize_t i, hdr, body, tbl
+    cdef uint16_t w16
+    cdef Py_ssize_t hdr, body, tbl, nsteps, start
     cdef uint8_t* ptr
     cdef uint8_t* limit
     if n == 0 or cap <= 0:
@@ -400,21 +401,25 @@ cdef Py_ssize_t rans32_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
     limit = dst + hdr + 2 * R32_LANES + 2
     for lane in range(R32_LANES):
         st[lane] = R32_L
-    i = n - 1
-    while i >= 0:
-        if i % R32_LANES == R32_LANES - 1 or i == n - 1:
-            if ptr < limit:
-                return 0
-        e = &es[src[i]]
-        x = st[i % R32_LANES]
-        c = x >= (<uint64_t>e.freq << 20)
-        # Branch-free: always store the word, keep it only when the state needed shrinking.
-        ptr[-2] = x & 0xFF
-        ptr[-1] = (x >> 8) & 0xFF
-        ptr -= c << 1
-        x >>= c << 4
-        st[i % R32_LANES] = _put(x, e)
-        i -= 1
+    # Backwards: the partial last step first, then whole steps, each lane 31 .. 0.
+    nsteps = n // R32_LANES
+    start = nsteps * R32_LANES
+    while start >= 0:
+        if ptr < limit:
+            return 0
+        lane = <int>min(n - start, R32_LANES) - 1
+        while lane >= 0:
+            e = &es[src[start + lane]]
+            x = st[lane]
+            c = x >= (<uint64_t>e.freq << 20)
+            # Branch-free: always store the word, keep it only when the state needed
+            # shrinking.
+            w16 = <uint16_t>x
+            memcpy(ptr - 2, &w16, 2)
+            ptr -= c << 1
+            st[lane] = _put(x >> (c << 4), e)
+            lane -= 1
+        start -= R32_LANES
     body = (dst + cap) - ptr
     if hdr + body >= cap:
         return 0
