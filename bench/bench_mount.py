@@ -282,7 +282,7 @@ def main() -> None:
              f"{r['rss_after_load'] / mib:.0f} / {max(r['rss']) / mib:.0f} "
              f"(budget {r['budget'] / mib:.0f}, cache used {r['cache_used'] / mib:.0f})"),
         ]
-    print(f"\nall-MiniLM-L6-v2; file sizes: " + ", ".join(
+    print("\nall-MiniLM-L6-v2; file sizes: " + ", ".join(
         f"{n} {r['size'] / 1e6:.1f} MB -> {r['stored'] / 1e6:.1f} MB .fpz "
         f"({100 * r['stored'] / r['size']:.1f} %)" for n, r in results.items())
         + f"; {cpu_model()}, {os.cpu_count()} cores, rANS32 decoder {_kernels.simd_kernel()}; "

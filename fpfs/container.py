@@ -10,7 +10,7 @@ import struct
 import threading
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Optional, Tuple, Union
+from typing import BinaryIO, Optional, Tuple, Union
 
 import numpy as np
 import xxhash
@@ -289,12 +289,6 @@ class Container:
             raise CorruptChunk(self.path, index, str(exc)) from None
         if checksum(out) != self._checksums[index]:
             raise CorruptChunk(self.path, index, "checksum mismatch")
-
-    def iter_original(self) -> Iterator[bytes]:
-        """All original bytes, in order (prefix first), every chunk verified."""
-        yield self.prefix
-        for i in range(len(self.table)):
-            yield self.decode(i)
 
     def close(self) -> None:
         self.source.close()

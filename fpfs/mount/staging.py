@@ -16,7 +16,7 @@ import shutil
 import stat
 import threading
 import uuid
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from .. import SUFFIX, tempfiles
 from ..compress import compress_if_smaller, worth_compressing, write_original
