@@ -8,7 +8,7 @@
  *
  * Two decoders, held to each other and to the Python reference (fpfs/_reference.py) on
  * the same inputs: a portable one, and an AVX2 one compiled with a target attribute (the
- * module itself stays baseline x86-64) and chosen at run time when the CPU has AVX2.
+ * module itself stays baseline x86-64) and chosen at run time when the CPU has AVX2
  * (fpfs_simd.h).
  *
  * Included by fpfs_decode.h (needs fpfs_read_table).  Hostile input: the table and every
