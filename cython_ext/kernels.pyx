@@ -98,6 +98,81 @@ def decode_planes_into(const uint8_t[::1] payload, uint8_t[::1] out, uint8_t[::1
 
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.stdint cimport int64_t
+from libc.errno cimport errno, EINTR
+
+cdef extern from "<unistd.h>" nogil:
+    Py_ssize_t pread(int fd, void* buf, size_t count, long long offset)
+
+
+cdef enum:
+    RUN_OK = 0
+    RUN_SHORT = -100          # the file ended before a payload did
+    RUN_IO = -101             # pread failed (errno kept)
+
+
+def decode_chunks_from_fd(int fd, const int64_t[::1] offsets, const int64_t[::1] lengths,
+                          const int64_t[::1] codecs, const int64_t[::1] sizes,
+                          uint8_t[::1] out, uint8_t[::1] payload, uint8_t[::1] scratch):
+    """Read and decode consecutive RAW (0) or PLANES (1) chunks from a local container in one
+    call without the GIL: chunk i's payload is lengths[i] bytes at offsets[i] of fd, its
+    sizes[i] original bytes go to out, back to back. Returns (-1, 0, 0) when all decoded, else
+    (i, code, errno) for the first chunk that failed: code a kernel error (see _ERRORS),
+    RUN_SHORT (file truncated) or RUN_IO (errno). Checksums are the caller's."""
+    cdef Py_ssize_t k = offsets.shape[0], i, pos = 0, got, r, total = 0, longest = 0, widest = 0
+    cdef int rc = 0, err = 0
+    if lengths.shape[0] != k or codecs.shape[0] != k or sizes.shape[0] != k:
+        raise ValueError("chunk arrays differ in length")
+    for i in range(k):
+        if codecs[i] != 0 and codecs[i] != 1:
+            raise ValueError("only RAW and PLANES chunks are decoded here")
+        if lengths[i] <= 0 or sizes[i] <= 0 or offsets[i] < 0:
+            raise ValueError("empty or negative chunk")
+        total += sizes[i]
+        longest = max(longest, lengths[i])
+        widest = max(widest, sizes[i])
+    if total > out.shape[0] or longest > payload.shape[0] or widest > scratch.shape[0]:
+        raise ValueError("buffers too small for these chunks")
+    i = 0
+    with nogil:
+        while i < k:
+            got = 0
+            while got < lengths[i]:
+                r = pread(fd, &payload[got], <size_t>(lengths[i] - got), offsets[i] + got)
+                if r < 0:
+                    if errno == EINTR:
+                        continue
+                    err = errno
+                    rc = RUN_IO
+                    break
+                if r == 0:
+                    rc = RUN_SHORT
+                    break
+                got += r
+            if rc != 0:
+                break
+            if codecs[i] == 0:
+                if lengths[i] != sizes[i]:
+                    rc = ERR_LAYOUT
+                    break
+                memcpy(&out[pos], &payload[0], <size_t>sizes[i])
+            else:
+                rc = decode_planes(&payload[0], lengths[i], &out[pos], sizes[i], &scratch[0])
+                if rc != 0:
+                    break
+            pos += sizes[i]
+            i += 1
+    if rc == 0:
+        return (-1, 0, 0)
+    return (i, rc, err)
+
+
+def run_error_message(int code) -> str:
+    """What a code of decode_chunks_from_fd means."""
+    if code == RUN_SHORT:
+        return "file truncated"
+    return _ERRORS.get(code, "kernel error %d" % code)
+
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_WRITE
 from libc.stdint cimport uintptr_t

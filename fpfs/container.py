@@ -5,6 +5,7 @@ later reads only need the per-chunk checks (payload decode + checksum)."""
 from __future__ import annotations
 
 import array
+import os
 import bisect
 import struct
 import threading
@@ -15,8 +16,9 @@ from typing import BinaryIO, Optional, Tuple, Union
 import numpy as np
 import xxhash
 
-from .codecs import (CODECS, CODEC_DELTA, CODEC_RAW, V1_CODECS, BaseReader, DecodeError,
-                     decode_chunk)
+from . import _kernels
+from .codecs import (CODECS, CODEC_DELTA, CODEC_PLANES, CODEC_RAW, V1_CODECS, BaseReader,
+                     DecodeError, decode_chunk, scratch)
 from .errors import CorruptChunk, CorruptContainer, UnsupportedVersion
 from .store import StoreObject, open_object
 
@@ -42,6 +44,15 @@ MAX_CHUNK_SIZE = 64 * 1024 * 1024
 
 
 _payload_buffers = threading.local()
+
+
+def _payload_buffer(size: int, chunk_size: int) -> bytearray:
+    """This thread's reusable payload buffer, at least size bytes (a fresh one per chunk
+    would cost page faults on every read)."""
+    buf = getattr(_payload_buffers, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _payload_buffers.buf = bytearray(max(size, chunk_size + 1024))
+    return buf
 
 
 def checksum(data) -> int:
@@ -208,6 +219,9 @@ class Container:
         self._comp_lengths = array.array("q", table["comp_length"].astype(np.int64).tobytes())
         self._codecs = array.array("q", table["codec"].astype(np.int64).tobytes())
         self._checksums = array.array("Q", table["checksum"].astype(np.uint64).tobytes())
+        # The same fields as contiguous int64 arrays, sliced for decode_chunks_from_fd.
+        self._run_fields = tuple(np.ascontiguousarray(table[f], dtype=np.int64) for f in
+                                 ("comp_offset", "comp_length", "codec", "orig_length"))
 
     def _validate_table(self, t, chunk_size, prefix_len, orig_size, data_start, table_off):
         n = len(t)
@@ -264,13 +278,40 @@ class Container:
         """The payload read into this thread's reusable buffer (valid until this thread's
         next call): a fresh bytes object per chunk would cost page faults on every read."""
         size = self._comp_lengths[index]
-        buf = getattr(_payload_buffers, "buf", None)
-        if buf is None or len(buf) < size:
-            buf = _payload_buffers.buf = bytearray(max(size, self.chunk_size + 1024))
-        view = memoryview(buf)[:size]
+        view = memoryview(_payload_buffer(size, self.chunk_size))[:size]
         if self._chunks.read_into(index, view) != size:
             raise CorruptChunk(self.path, index, "file truncated")
         return view
+
+    def decode_run_into(self, first: int, last: int, out: memoryview) -> None:
+        """Decode chunks first..last into out (exactly their original bytes, back to back)
+        and verify their checksums. A local file of RAW and PLANES chunks is read and
+        decoded in one call that holds the GIL once, not twice per chunk (a 1 MiB read
+        through the mount is 4 chunks); anything else goes chunk by chunk."""
+        fd = self.source.fileno()
+        if fd is None or first == last or \
+                any(self._codecs[i] > CODEC_PLANES or self._comp_lengths[i] < 1
+                    for i in range(first, last + 1)):
+            pos = 0
+            for i in range(first, last + 1):
+                n = self._orig_lengths[i]
+                self.decode_into(i, out[pos:pos + n])
+                pos += n
+            return
+        offsets, lengths, codecs, sizes = (a[first:last + 1] for a in self._run_fields)
+        payload = _payload_buffer(max(lengths), self.chunk_size)
+        failed, code, err = _kernels.decode_chunks_from_fd(
+            fd, offsets, lengths, codecs, sizes, out, payload, scratch(int(max(sizes))))
+        if failed >= 0:
+            if err:
+                raise OSError(err, os.strerror(err), self.path)
+            raise CorruptChunk(self.path, first + failed, _kernels.run_error_message(code))
+        pos = 0
+        for i in range(first, last + 1):
+            n = self._orig_lengths[i]
+            if checksum(out[pos:pos + n]) != self._checksums[i]:
+                raise CorruptChunk(self.path, i, "checksum mismatch")
+            pos += n
 
     def decode(self, index: int) -> np.ndarray:
         """The original bytes of chunk `index` (uint8 array), checksum-verified. Callers

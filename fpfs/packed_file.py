@@ -138,9 +138,21 @@ class PackedFile:
             key = (self.container.identity, index)
             cached = self.cache.lookup(key)
             if cached is None and pos == start and stop == start + length:
+                # A run of whole chunks the cache does not hold: decoded together, straight
+                # into the reader's buffer.
+                last_in_run = index
+                while stop < end and last_in_run + 1 < len(self.container):
+                    nstart, nlength = self.container.chunk_span(last_in_run + 1)
+                    if nstart + nlength > end or \
+                            self.cache.contains((self.container.identity, last_in_run + 1)):
+                        break
+                    last_in_run += 1
+                    stop = nstart + nlength
                 t0 = time.perf_counter()
-                self.container.decode_into(index, memoryview(target))
-                self.cache.record_direct(length, time.perf_counter() - t0)
+                self.container.decode_run_into(index, last_in_run,
+                                               memoryview(dst[pos - offset:stop - offset]))
+                self.cache.record_direct(stop - pos, time.perf_counter() - t0)
+                index = last_in_run
             else:
                 chunk = cached if cached is not None else self.chunk(index)
                 target[:] = chunk[pos - start:stop - start]

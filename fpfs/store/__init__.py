@@ -56,6 +56,10 @@ class StoreObject(ABC):
     def chunk_reader(self, offsets: np.ndarray, lengths: np.ndarray) -> ChunkReader:
         return DirectChunkReader(self, offsets, lengths)
 
+    def fileno(self) -> Optional[int]:
+        """A descriptor the decoder may pread the object from itself, or None (remote)."""
+        return None
+
     def close(self) -> None:
         pass
 

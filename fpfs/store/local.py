@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from . import Store, StoreObject
 
@@ -28,6 +29,9 @@ class LocalObject(StoreObject):
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self._fd, size, offset)
+
+    def fileno(self) -> Optional[int]:
+        return self._fd if self._fd >= 0 else None
 
     def close(self) -> None:
         if self._fd >= 0:
