@@ -134,8 +134,9 @@ def _read(f, i, chunk):
 
 def test_readahead_window_starts_small_and_a_jump_restarts_it(tmp_path):
     """A reader that reads the head and then jumps (safetensors' load_file) does not pull
-    the object; a sequential reader gets the whole window within a few reads; and the
-    second pass is served by the disk cache, read ahead in parallel."""
+    the object; a sequential reader gets the whole window within a few reads (then wraps
+    around to the chunks nobody has read); and the second pass is served by the disk
+    cache, read ahead in parallel."""
     from fpfs.store.fetcher import INITIAL_WINDOW
     data = os.urandom(32 << 20)
     obj = _FakeObject(data, DiskCache(str(tmp_path), 1 << 30), readahead=8 << 20)
@@ -154,8 +155,12 @@ def test_readahead_window_starts_small_and_a_jump_restarts_it(tmp_path):
             assert _read(f, j, chunk) == data[j * chunk:(j + 1) * chunk]
     obj.store.pool.shutdown(wait=True)
     got = sorted(obj.gets)
+    # Nothing between the head and the jump until the stream, at its full window, reached
+    # the end: then it wraps around (a loader that reads every tensor comes back for the
+    # rest) by at most one window, and no byte is fetched twice.
     assert sum(size for _, size in got) <= 4 * chunk + INITIAL_WINDOW + chunk + \
-        len(data) - start * chunk              # nothing between the head and the jump
+        len(data) - start * chunk + obj.store.settings.readahead
+    assert all(a + sa <= b for (a, sa), (b, _) in zip(got, got[1:]))
     assert max(size for _, size in got) == obj.store.settings.request_size
     # A second fetcher of the same version: every chunk from the disk cache, no GET.
     obj.gets.clear()
@@ -311,3 +316,47 @@ def test_circuit_breaker_fails_fast_probes_and_closes(caplog):
     assert not breaker.is_open and breaker.before("GET g") is False
     assert breaker.trips == 1
     assert "not answering" in caplog.text and "answers again" in caplog.text
+
+
+def test_interleaved_sequential_readers_each_keep_their_read_ahead():
+    """Two loader threads faulting pages of two tensors far apart interleave their
+    requests: each is a stream of its own, not a jump that restarts the window."""
+    from fpfs.store.fetcher import INITIAL_WINDOW
+    data = os.urandom(16 << 20)
+    obj = _FakeObject(data, readahead=4 << 20)
+    f, n, chunk = _fetcher(obj)
+    a, b = 8, n // 2
+    for step in range(6):
+        for start in (a + 2 * step, b + 2 * step):
+            f.prepare(start, start + 1)
+            for j in (start, start + 1):
+                assert _read(f, j, chunk) == data[j * chunk:(j + 1) * chunk]
+    windows = sorted(s.window for s in f._streams if s.window)
+    assert len(windows) >= 2 and windows[-2] > INITIAL_WINDOW
+    obj.store.pool.shutdown(wait=True)
+    got = sorted(obj.gets)
+    assert all(x + sx <= y for (x, sx), (y, _) in zip(got, got[1:]))    # each byte once
+
+
+def test_a_reader_gets_its_chunk_before_the_rest_of_the_get_arrives():
+    """The body of a GET is handed over chunk by chunk: the reader of its first chunk
+    does not wait for the last one (the fake store holds the rest back until then)."""
+    import threading
+    data = os.urandom(1 << 20)
+    obj = _FakeObject(data, readahead=0)
+    first_read = threading.Event()
+
+    def fetch_streamed(offset, size, sink):
+        obj.gets.append((offset, size))
+        sink(data[offset:offset + (64 << 10)])
+        assert first_read.wait(10)
+        sink(data[offset + (64 << 10):offset + size])
+    obj.fetch_streamed = fetch_streamed
+    f, n, chunk = _fetcher(obj)
+    f.prepare(0, n - 1)                       # one GET for the whole object
+    assert _read(f, 0, chunk) == data[:chunk]
+    first_read.set()
+    for j in range(1, n):
+        assert _read(f, j, chunk) == data[j * chunk:(j + 1) * chunk]
+    obj.store.pool.shutdown(wait=True)
+    assert obj.gets == [(0, len(data))]

@@ -3,17 +3,22 @@ ranged GETs.
 
 A reader's request for chunks a..b becomes one GET for each run of neighbouring chunks
 that are neither buffered, on disk nor already being fetched (split at request_size).
-A reader that starts where the previous one ended (give or take the reordering of
-parallel FUSE requests) is sequential: chunks are fetched ahead of it too, in parallel
-GETs on the store's pool. The read-ahead window starts small (INITIAL_WINDOW) and grows
-(x WINDOW_GROWTH) with every sequential request up to `readahead` bytes; a jump starts it
-small again. So a loader that reads a file's header and then only some of its tensors
-(safetensors' load_file maps the file; pages nobody touches are never read) does not
-pull the whole object over the link, while a whole-file reader reaches the full window
-within a few requests. Chunks the disk cache holds are read from it on the pool, in
-parallel (cache files read cold from disk overlap their waits). Each chunk is fetched once however
-many readers want it (they wait for the GET in flight), and kept in memory only until the
-reader that wanted it takes it (the decoded chunk then lives in the chunk cache above)."""
+A reader that starts where one of the object's recent readers ended (give or take the
+reordering of parallel FUSE requests; up to MAX_STREAMS streams, as when the mmap faults
+of several loader threads interleave) is sequential: chunks are fetched ahead of it too,
+in parallel GETs on the store's pool. The read-ahead window starts small (INITIAL_WINDOW)
+and grows (x WINDOW_GROWTH) with every sequential request up to `readahead` bytes; a jump
+starts a new stream, small again. So a loader that reads a file's header and then only a
+few pages does not pull the whole object over the link, while a whole-file reader reaches
+the full window within a few requests. A stream at its full window that reaches the end
+of the object wraps around to the chunks no reader has taken yet (safetensors' loaders
+read the tensors in name order, not in file order: the link stays busy across their
+jumps). A GET's body is handed over chunk by chunk as it arrives: a reader waits for its
+own chunk, not for the whole request. Chunks the disk cache holds are read from it on the
+pool, in parallel (cache files read cold from disk overlap their waits). Each chunk is
+fetched once however many readers want it (they wait for the GET in flight), and kept in
+memory only until the reader that wanted it takes it (the decoded chunk then lives in the
+chunk cache above)."""
 from __future__ import annotations
 
 import logging
@@ -37,15 +42,32 @@ DISK_RUN_BYTES = 256 << 10
 # sequential request, up to the store's `readahead`.
 INITIAL_WINDOW = 1 << 20
 WINDOW_GROWTH = 4
+# Sequential streams tracked per object (loader threads that fault pages of several tensors).
+MAX_STREAMS = 4
+# A stream with the full window that reaches the end goes on from the start (_top_up).
+WRAP = True
 
 
 class _Flight:
-    """One GET in flight for a run of chunks; readers of any of them wait on it."""
-    __slots__ = ("event", "error")
+    """One GET in flight for a run of chunks: set when it is over (error: why it failed);
+    a reader waits on its own chunk's event, set as soon as that chunk is in."""
+    __slots__ = ("event", "error", "chunk_events")
 
     def __init__(self):
         self.event = threading.Event()
         self.error: Optional[BaseException] = None
+        self.chunk_events: Dict[int, threading.Event] = {}
+
+
+class _Stream:
+    """One sequential reader of the object: the chunk after its last request, the chunk
+    its read-ahead has been claimed up to (a virtual position: past the last chunk it
+    wraps around to the first), and its read-ahead window (0: not sequential yet)."""
+    __slots__ = ("next", "ahead", "window")
+
+    def __init__(self, start: int):
+        self.next = self.ahead = start
+        self.window = 0
 
 
 class ChunkFetcher:
@@ -62,9 +84,9 @@ class ChunkFetcher:
         self._from_disk_set = set()     # buffered chunks that came from the disk cache
         self._ready_budget = 2 * self._settings.readahead + self._settings.request_size
         self._flights: Dict[int, _Flight] = {}
-        self._next = 0                  # the chunk after the last one asked for
-        self._ahead = 0                 # chunks below this were fetched or scheduled ahead
-        self._window = 0                # current read-ahead bytes (0: not sequential yet)
+        self._streams: List[_Stream] = [_Stream(0)]    # the open starts one at chunk 0
+        self._taken = np.zeros(len(self._offsets), dtype=bool)   # handed to a reader
+        self._cum = np.concatenate(([0], np.cumsum(lengths.astype(np.int64))))
         # A reader waits at most the deadline for a GET (which may retry for longer).
         self._wait = self._settings.deadline
         self._identity = obj.identity
@@ -76,17 +98,18 @@ class ChunkFetcher:
     # -- what readers call -------------------------------------------------------------
     def prepare(self, first: int, last: int) -> None:
         with self._lock:
-            sequential = self._next - REORDER_CHUNKS <= first <= self._next + REORDER_CHUNKS
-            if sequential:
-                self._next = max(self._next, last + 1)
-                self._window = min(self._settings.readahead,
-                                   max(INITIAL_WINDOW, WINDOW_GROWTH * self._window))
-            else:                       # a jump: read-ahead starts again from here, small
-                self._next = self._ahead = last + 1
-                self._window = 0
+            stream = self._stream_of(first)
+            if stream is not None:
+                stream.next = max(stream.next, last + 1)
+                stream.window = min(self._settings.readahead,
+                                    max(INITIAL_WINDOW, WINDOW_GROWTH * stream.window))
+            else:                       # a jump: a new stream, read ahead small at first
+                stream = self._new_stream(last + 1)
+            self._streams.remove(stream)
+            self._streams.append(stream)        # most recently used last
             runs, disk_runs = self._claim(first, last + 1, from_disk=last > first)
-            if sequential and self._window > 0:
-                more, more_disk = self._top_up(last + 1)
+            if stream.window > 0:
+                more, more_disk = self._top_up(stream)
                 runs += more
                 disk_runs += more_disk
         for run in runs:
@@ -94,16 +117,34 @@ class ChunkFetcher:
         for run in disk_runs:
             self._submit_disk(run)
 
+    def _stream_of(self, first: int) -> Optional["_Stream"]:
+        """The sequential stream a request starting at chunk first continues (parallel FUSE
+        threads and mmap faults of several loader threads interleave a few streams)."""
+        for stream in reversed(self._streams):
+            if stream.next - REORDER_CHUNKS <= first <= stream.next + REORDER_CHUNKS:
+                return stream
+        return None
+
+    def _new_stream(self, start: int) -> "_Stream":
+        if len(self._streams) >= MAX_STREAMS:
+            self._streams.pop(0)                # the least recently used
+        stream = _Stream(start)
+        self._streams.append(stream)
+        return stream
+
     def read_into(self, index: int, out: memoryview) -> int:
         for _ in range(3):      # a buffered payload may be evicted before we take it
             with self._lock:
                 payload = self._ready.pop(index, None)
+                self._taken[index] = True
                 from_disk = False
                 if payload is not None:
                     self._ready_bytes -= len(payload)
                     from_disk = index in self._from_disk_set
                     self._from_disk_set.discard(index)
                 flight = self._flights.get(index) if payload is None else None
+                event = None if flight is None else \
+                    flight.chunk_events.setdefault(index, threading.Event())
             if payload is not None:
                 if len(payload) != len(out):
                     raise CorruptContainer(f"{self._obj.name}: chunk {index}: buffered "
@@ -114,41 +155,73 @@ class ChunkFetcher:
                 out[:] = payload
                 return len(payload)
             if flight is None:
+                self._taken[index] = True
                 if self._disk is not None and self._disk.read_into(self._disk_key(index), out):
                     self._store.stats.add(disk_hits=1)
                     return len(out)
                 self.prepare(index, index)     # also starts read-ahead if sequential
                 with self._lock:
                     flight = self._flights.get(index)
+                    event = None if flight is None else \
+                        flight.chunk_events.setdefault(index, threading.Event())
                 if flight is None:
                     continue            # fetched meanwhile by another reader
-            if not flight.event.wait(self._wait):
+            if not event.wait(self._wait):
                 self._give_up(flight, StoreError(f"{self._obj.name}: chunk {index}: no answer "
                                                  f"from the store in {self._wait:g} s"))
             if flight.error is not None:
-                raise flight.error
+                with self._lock:
+                    buffered = index in self._ready     # in before the GET failed
+                if not buffered:
+                    raise flight.error
         raise StoreError(f"{self._obj.name}: chunk {index}: fetched but evicted before use "
                          f"(read-ahead buffer too small)")
 
     # -- planning (under the lock) -----------------------------------------------------
-    def _top_up(self, start: int):
-        """Claim read-ahead up to the window past start, once less than half of it is left
-        ahead of the reader: so read-ahead goes out in GETs of up to request_size, not one
-        small GET per reader request. Returns (runs to GET, runs to read from disk)."""
+    def _top_up(self, stream: "_Stream"):
+        """Claim read-ahead up to the stream's window past its reader, once less than half
+        of it is left ahead: so read-ahead goes out in GETs of up to request_size, not one
+        small GET per reader request. A stream whose window is full and reaches the end
+        of the object goes on from the object's start (wrapping around once) over the
+        chunks no reader has taken yet: a loader that reads every tensor in its own
+        order (safetensors sorts them by name, not by offset) then finds the rest of
+        the file fetched while it decodes, and the link never idles between its jumps.
+        Returns (runs to GET, runs to read from disk)."""
         n = len(self._offsets)
+        start = stream.next
         if start >= n:
+            if stream.window < self._settings.readahead or not WRAP:
+                return [], []
+        if stream.ahead < start:
+            stream.ahead = start
+        limit = start + (n if stream.window >= self._settings.readahead and WRAP else 0)
+        limit = min(max(limit, n), start + n)   # virtual positions: p >= n is chunk p - n
+        if stream.ahead >= limit:
             return [], []
-        ahead = max(self._ahead, start)
-        left = (self._offsets[ahead] if ahead < n else self._ends[-1]) - self._offsets[start]
-        if left >= self._window // 2:
+        left = self._vpos_bytes(stream.ahead) - self._vpos_bytes(start)
+        if left >= stream.window // 2:
             return [], []
-        stop = int(np.searchsorted(self._ends, self._offsets[start] + self._window,
-                                   side="right"))
-        stop = max(stop, start + 1)
-        self._ahead = max(ahead, stop)
-        return self._claim(ahead, stop, from_disk=True)
+        target = self._vpos_bytes(start) + stream.window
+        stop = int(np.searchsorted(self._cum, target, side="right")) - 1
+        if stop == n and target > self._cum[n]:
+            stop = n + int(np.searchsorted(self._cum, target - self._cum[n],
+                                           side="right")) - 1
+        stop = min(max(stop, stream.ahead + 1), limit)
+        ahead, stream.ahead = stream.ahead, stop
+        runs, disk_runs = [], []
+        for lo, hi in ((ahead, min(stop, n)), (max(ahead, n) - n, max(stop, n) - n)):
+            if lo < hi:
+                more, more_disk = self._claim(lo, hi, from_disk=True, ahead=True)
+                runs += more
+                disk_runs += more_disk
+        return runs, disk_runs
 
-    def _claim(self, start: int, stop: int, from_disk: bool = False):
+    def _vpos_bytes(self, p: int) -> int:
+        """Compressed bytes before virtual position p (p >= n: wrapped around)."""
+        n = len(self._offsets)
+        return int(self._cum[p]) if p <= n else int(self._cum[n] + self._cum[p - n])
+
+    def _claim(self, start: int, stop: int, from_disk: bool = False, ahead: bool = False):
         """Runs (first, last, flight) of chunks in [start, stop) nobody has or fetches, each
         at most request_size bytes, registered as in flight: (runs to GET, runs the disk
         cache holds, to be read on the pool in parallel). The second list is empty unless
@@ -159,11 +232,14 @@ class ChunkFetcher:
         first, first_disk = -1, -1
         stop = min(stop, len(self._offsets))
         for i in range(start, stop):
-            free = i not in self._ready and i not in self._flights
+            free = i not in self._ready and i not in self._flights and \
+                not (ahead and self._taken[i])
             on_disk = free and self._disk is not None and self._on_disk(i)
             wanted = free and not on_disk
             disk = on_disk and from_disk
-            if wanted and first >= 0 and self._ends[i] - self._offsets[first] > limit:
+            if wanted and first >= 0 and (self._ends[i] - self._offsets[first] > limit or
+                                          self._offsets[i] // limit !=
+                                          self._offsets[first] // limit):
                 runs.append(self._register(first, i - 1))
                 first = -1
             if wanted and first < 0:
@@ -252,9 +328,13 @@ class ChunkFetcher:
             stuck = [i for i, f in self._flights.items() if f is flight]
             for i in stuck:
                 del self._flights[i]
+            events = list(flight.chunk_events.values())
+            flight.chunk_events.clear()
         if flight.error is None:
             flight.error = error
         flight.event.set()
+        for ev in events:
+            ev.set()
         self._store.stats.add(errors=1)
         self._store.breaker.failure(error)
         raise error
@@ -263,32 +343,63 @@ class ChunkFetcher:
         start, end = int(self._offsets[first]), int(self._ends[last])
         if flight.event.is_set():
             return                          # given up on before its turn came
+        streamed = getattr(self._obj, "fetch_streamed", None)
+        got = bytearray()
+        done = first                        # chunks first..done-1 are buffered already
+        written = {}
+
+        def sink(data: bytes) -> None:
+            # Hand every chunk to its readers as soon as its last byte is in: a reader
+            # waits for its own chunk, not for the whole GET.
+            nonlocal done
+            got.extend(data)
+            have = start + len(got)
+            stop = done
+            while stop <= last and int(self._ends[stop]) <= have:
+                stop += 1
+            if stop > done:
+                payloads = {i: bytes(got[int(self._offsets[i]) - start:
+                                         int(self._ends[i]) - start])
+                            for i in range(done, stop)}
+                self._buffer(payloads)
+                self._finish(done, stop - 1, flight, None, partial=True)
+                written.update(payloads)
+                done = stop
         try:
-            data = self._obj.fetch(start, end - start)
-            if len(data) != end - start:
+            if streamed is not None:
+                streamed(start, end - start, sink)
+            else:
+                sink(self._obj.fetch(start, end - start))
+            if len(got) != end - start:
                 raise CorruptContainer(f"{self._obj.name}: object truncated (wanted "
-                                       f"{end - start} bytes at {start}, got {len(data)})")
+                                       f"{end - start} bytes at {start}, got {len(got)})")
         except BaseException as exc:        # noqa: BLE001 - handed to every waiter
-            log.debug("fetching chunks %d-%d of %s failed: %s", first, last,
+            log.debug("fetching chunks %d-%d of %s failed: %s", done, last,
                       self._obj.name, exc)
-            self._finish(first, last, flight, exc)
+            self._finish(done, last, flight, exc)
             return
-        view = memoryview(data)
-        payloads = {i: bytes(view[int(self._offsets[i]) - start:int(self._ends[i]) - start])
-                    for i in range(first, last + 1)}
-        # Readers first; the disk cache is written after (it only matters next time).
-        self._buffer(payloads)
         self._finish(first, last, flight, None)
         if self._disk is not None:
-            for i, payload in payloads.items():
+            for i, payload in written.items():
                 self._disk.put(self._disk_key(i), payload)
 
     def _finish(self, first: int, last: int, flight: _Flight,
-                error: Optional[BaseException]) -> None:
+                error: Optional[BaseException], partial: bool = False) -> None:
+        """Chunks first..last of flight are done (buffered, or failed with error); the
+        flight's waiters wake up (partial: only these chunks' readers, the GET goes on)."""
         with self._lock:
             for i in range(first, last + 1):
                 if self._flights.get(i) is flight:
                     del self._flights[i]
-        if not flight.event.is_set():       # not given up on already (_give_up)
-            flight.error = error
-        flight.event.set()
+            if partial:
+                events = [flight.chunk_events.pop(i) for i in range(first, last + 1)
+                          if i in flight.chunk_events]
+            else:
+                events = list(flight.chunk_events.values())
+                flight.chunk_events.clear()
+        if not partial:
+            if not flight.event.is_set():   # not given up on already (_give_up)
+                flight.error = error
+            flight.event.set()
+        for ev in events:
+            ev.set()

@@ -297,6 +297,59 @@ class S3Store(Store):
             return GetResult(data, total, got_etag)
         raise AssertionError("unreachable")
 
+    def get_streamed(self, url: str, offset: int, size: int, etag: Optional[str],
+                     sink: Callable[[bytes], None], piece: int = 256 << 10):
+        """size bytes at offset handed to sink() piece by piece as they arrive (so a
+        reader of the first bytes of a large GET need not wait for its last ones); a
+        body that breaks off is resumed where it stopped (If-Match keeps it one version).
+        Returns (the object's size, its ETag); fewer bytes only at the object's end."""
+        bucket, key = split_url(url)
+        attempts = max(1, self.settings.max_attempts)
+        received, total, got_etag = 0, None, etag or ""
+        from botocore.exceptions import BotoCoreError
+        from urllib3.exceptions import HTTPError
+        attempt = 0
+        while received < size:
+            kwargs = {"Bucket": bucket, "Key": key,
+                      "Range": f"bytes={offset + received}-{offset + size - 1}"}
+            if got_etag:
+                kwargs["IfMatch"] = got_etag
+            what = f"GET {url} bytes {offset + received}+{size - received}"
+            try:
+                resp = self._call(what, lambda: self.client.get_object(**kwargs))
+            except _InvalidRange:
+                return self.head(url).size, got_etag
+            self.stats.add(gets=1, retries=resp["ResponseMetadata"].get("RetryAttempts", 0))
+            new_etag = resp.get("ETag", "")
+            if got_etag and new_etag and new_etag != got_etag:
+                raise ObjectChanged(f"{what}: the object was replaced (ETag changed)")
+            got_etag = new_etag or got_etag
+            body = resp["Body"]
+            try:
+                while received < size:
+                    data = body.read(min(piece, size - received))
+                    if not data:
+                        break
+                    self.stats.add(bytes_fetched=len(data))
+                    received += len(data)
+                    sink(data)
+                total = _total_size(resp, received)
+                if received < size and offset + received < total:
+                    raise HTTPError("the response ended early")
+                return total, got_etag
+            except (HTTPError, OSError, BotoCoreError) as exc:
+                # botocore retries a request only until its headers arrive: a body that
+                # breaks off is asked for again from where it stopped.
+                attempt += 1
+                if attempt >= attempts:
+                    self.stats.add(errors=1)
+                    raise StoreError(f"{what}: reading the response failed: {exc}") from None
+                self.stats.add(retries=1)
+                time.sleep(min(20.0, random.random() * 2 ** attempt))
+            finally:
+                body.close()
+        return total if total is not None else offset + received, got_etag
+
     def _get_once(self, what: str, kwargs: dict):
         from botocore.exceptions import BotoCoreError
         from urllib3.exceptions import HTTPError
@@ -430,6 +483,11 @@ class S3Object(StoreObject):
         r = self.store.get(self.name, offset, size, self._etag)
         self._learn(r.total, r.etag)
         return r.data
+
+    def fetch_streamed(self, offset: int, size: int, sink: Callable[[bytes], None]) -> None:
+        """fetch(), its bytes handed to sink() as they arrive (S3Store.get_streamed)."""
+        total, etag = self.store.get_streamed(self.name, offset, size, self._etag, sink)
+        self._learn(total, etag)
 
     def chunk_reader(self, offsets: np.ndarray, lengths: np.ndarray):
         from .fetcher import ChunkFetcher
