@@ -72,15 +72,7 @@ class DiskCache:
             ok = False
         finally:
             os.close(fd)
-        if not ok:
-            log.warning("disk cache entry %s is damaged: dropped, fetching again", path)
-            _unlink(path)
-            return False
-        try:
-            os.utime(path)              # most recently used
-        except OSError:
-            pass
-        return True
+        return _checked(path, ok)
 
     def get(self, key: str, max_size: int) -> Optional[bytes]:
         """The entry's payload, whatever its length (at most max_size); None on a miss."""
@@ -96,15 +88,7 @@ class DiskCache:
             payload = data[ENTRY.size:]
             ok = magic == MAGIC and length == len(payload) <= max_size and \
                 xxhash.xxh3_64_intdigest(payload) == digest
-        if not ok:
-            log.warning("disk cache entry %s is damaged: dropped, fetching again", path)
-            _unlink(path)
-            return None
-        try:
-            os.utime(path)              # most recently used
-        except OSError:
-            pass
-        return payload
+        return payload if _checked(path, ok) else None
 
     def put(self, key: str, payload) -> None:
         """Store payload under key; never raises (a failing cache only costs fetches)."""
@@ -180,6 +164,20 @@ class DiskCache:
     @property
     def used(self) -> int:
         return self._used
+
+
+def _checked(path: str, ok: bool) -> bool:
+    """Settle an entry just read: a damaged one is dropped (with a log line), a good one
+    marked most recently used. Returns ok."""
+    if not ok:
+        log.warning("disk cache entry %s is damaged: dropped, fetching again", path)
+        _unlink(path)
+        return False
+    try:
+        os.utime(path)              # most recently used
+    except OSError:
+        pass
+    return True
 
 
 def _unlink(path: str) -> None:
