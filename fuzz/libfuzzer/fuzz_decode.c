@@ -50,30 +50,38 @@ static uint32_t le(const uint8_t *p, int n) {
     return v;
 }
 
+/* Inputs of the stream and PLANES targets: 3 bytes of decoded length (< 2^20), then the
+   payload, copied into a buffer of exactly its size (ASan sees any read past it). NULL
+   when the input is too short; the caller frees the copy. */
+static uint8_t *framed(const uint8_t *data, size_t size, ptrdiff_t *n, ptrdiff_t *srclen) {
+    if (size < 3)
+        return NULL;
+    *n = le(data, 3) & 0xFFFFF;
+    *srclen = (ptrdiff_t)size - 3;
+    uint8_t *copy = malloc(*srclen ? (size_t)*srclen : 1);
+    memcpy(copy, data + 3, (size_t)*srclen);
+    return copy;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 #if FPFS_TARGET == 1
-    /* rANS stream: 3 bytes of symbol count (< 2^20), then the stream. */
-    if (size < 3)
+    /* rANS stream of n symbols */
+    ptrdiff_t n, srclen;
+    uint8_t *copy = framed(data, size, &n, &srclen);
+    if (copy == NULL)
         return 0;
-    ptrdiff_t n = le(data, 3) & 0xFFFFF;
-    const uint8_t *src = data + 3;
-    ptrdiff_t srclen = (ptrdiff_t)size - 3;
-    uint8_t *copy = malloc(srclen ? (size_t)srclen : 1);   /* exact size for ASan */
     uint8_t *out = malloc(n ? (size_t)n : 1);
-    memcpy(copy, src, (size_t)srclen);
     if (n > 0 && srclen > 0)
         (void)fpfs_rans_decode(copy, srclen, out, n);
     free(copy);
     free(out);
 #elif FPFS_TARGET == 2
-    /* PLANES payload: 3 bytes of chunk length (< 2^20), then the payload. */
-    if (size < 3)
+    /* PLANES payload of a chunk of nbytes */
+    ptrdiff_t nbytes, srclen;
+    uint8_t *copy = framed(data, size, &nbytes, &srclen);
+    if (copy == NULL)
         return 0;
-    ptrdiff_t nbytes = le(data, 3) & 0xFFFFF;
-    ptrdiff_t srclen = (ptrdiff_t)size - 3;
-    uint8_t *copy = malloc(srclen ? (size_t)srclen : 1);
     uint8_t *scratch = malloc(nbytes ? (size_t)nbytes : 1);
-    memcpy(copy, data + 3, (size_t)srclen);
     if (nbytes > 0)
         FPFS_DIFFERENTIAL(nbytes, fpfs_decode_planes(copy, srclen, out, nbytes, scratch));
     free(copy);
@@ -115,13 +123,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     free(out);
     free(base);
 #elif FPFS_TARGET == 5
-    /* rANS32 stream: 3 bytes of symbol count (< 2^20), then the stream. */
-    if (size < 3)
+    /* rANS32 stream of n symbols */
+    ptrdiff_t n, srclen;
+    uint8_t *copy = framed(data, size, &n, &srclen);
+    if (copy == NULL)
         return 0;
-    ptrdiff_t n = le(data, 3) & 0xFFFFF;
-    ptrdiff_t srclen = (ptrdiff_t)size - 3;
-    uint8_t *copy = malloc(srclen ? (size_t)srclen : 1);
-    memcpy(copy, data + 3, (size_t)srclen);
     if (n > 0 && srclen > 0)
         FPFS_DIFFERENTIAL(n, fpfs_rans32_decode(copy, srclen, out, n));
     free(copy);
