@@ -59,6 +59,30 @@ class _Flight:
         self.chunk_events: Dict[int, threading.Event] = {}
 
 
+class _Runs:
+    """Consecutive wanted chunks grouped into runs, each registered as one flight; a run
+    ends at an unwanted chunk or when too_long(first, i) says chunk i would overgrow it."""
+
+    def __init__(self, register, too_long):
+        self._register = register
+        self._too_long = too_long
+        self._first = -1
+        self.runs: List[Tuple[int, int, _Flight]] = []
+
+    def add(self, i: int, wanted: bool) -> None:
+        if self._first >= 0 and (not wanted or self._too_long(self._first, i)):
+            self.runs.append(self._register(self._first, i - 1))
+            self._first = -1
+        if wanted and self._first < 0:
+            self._first = i
+
+    def finish(self, stop: int) -> List[Tuple[int, int, _Flight]]:
+        if self._first >= 0:
+            self.runs.append(self._register(self._first, stop - 1))
+            self._first = -1
+        return self.runs
+
+
 class _Stream:
     """One sequential reader of the object: the chunk after its last request, the chunk
     its read-ahead has been claimed up to (a virtual position: past the last chunk it
@@ -226,40 +250,21 @@ class ChunkFetcher:
         at most request_size bytes, registered as in flight: (runs to GET, runs the disk
         cache holds, to be read on the pool in parallel). The second list is empty unless
         from_disk (a reader that wants one chunk reads it from disk itself)."""
-        runs: List[Tuple[int, int, _Flight]] = []
-        disk_runs: List[Tuple[int, int, _Flight]] = []
         limit = self._settings.request_size
-        first, first_disk = -1, -1
-        stop = min(stop, len(self._offsets))
+        offsets, ends = self._offsets, self._ends
+        # A GET stays within one request_size-aligned window of the object; a disk run
+        # within DISK_RUN_BYTES.
+        net = _Runs(self._register, lambda first, i: ends[i] - offsets[first] > limit or
+                    offsets[i] // limit != offsets[first] // limit)
+        disk = _Runs(self._register, lambda first, i: ends[i] - offsets[first] > DISK_RUN_BYTES)
+        stop = min(stop, len(offsets))
         for i in range(start, stop):
             free = i not in self._ready and i not in self._flights and \
                 not (ahead and self._taken[i])
             on_disk = free and self._disk is not None and self._on_disk(i)
-            wanted = free and not on_disk
-            disk = on_disk and from_disk
-            if wanted and first >= 0 and (self._ends[i] - self._offsets[first] > limit or
-                                          self._offsets[i] // limit !=
-                                          self._offsets[first] // limit):
-                runs.append(self._register(first, i - 1))
-                first = -1
-            if wanted and first < 0:
-                first = i
-            elif not wanted and first >= 0:
-                runs.append(self._register(first, i - 1))
-                first = -1
-            if disk and first_disk >= 0 and \
-                    self._ends[i] - self._offsets[first_disk] > DISK_RUN_BYTES:
-                disk_runs.append(self._register(first_disk, i - 1))
-                first_disk = -1
-            if disk and first_disk < 0:
-                first_disk = i
-            elif not disk and first_disk >= 0:
-                disk_runs.append(self._register(first_disk, i - 1))
-                first_disk = -1
-        if first >= 0:
-            runs.append(self._register(first, stop - 1))
-        if first_disk >= 0:
-            disk_runs.append(self._register(first_disk, stop - 1))
+            net.add(i, free and not on_disk)
+            disk.add(i, on_disk and from_disk)
+        runs, disk_runs = net.finish(stop), disk.finish(stop)
         if self._disk is not None and runs:     # chunks the disk cache did not have
             self._store.stats.add(disk_misses=sum(last - first + 1 for first, last, _ in runs))
         return runs, disk_runs
