@@ -23,6 +23,18 @@ def real_files(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def bf16_fpz_64k(real_files) -> tuple:
+    """(original bytes, container path): the real MiniLM weights in BF16 (~45 MB)
+    compressed with 64 KiB chunks (~700 of them, so reads span many chunks and pieces)."""
+    import fpfs
+    src = real_files["BF16"]
+    fpz = src + ".64k.fpz"
+    fpfs.compress_file(src, fpz, chunk_size=64 << 10)
+    with open(src, "rb") as f:
+        return f.read(), fpz
+
+
+@pytest.fixture(scope="session")
 def series(tmp_path_factory) -> dict:
     """step -> path of the BF16 safetensors weights of MiniLM after that many real AdamW
     steps (tests/finetune.py); trained once per session, shared by every test module."""

@@ -9,23 +9,13 @@ import os
 import numpy as np
 import pytest
 
-import fpfs
 from fpfs import _kernels
 from fpfs.container import Container
 from fpfs.errors import CorruptChunk
-from tests.weights import real_weights_file
 
-CHUNK = 64 << 10
-
-
-@pytest.fixture(scope="module")
-def packed(tmp_path_factory):
-    d = tmp_path_factory.mktemp("runs")
-    src = real_weights_file("BF16", str(d))
-    fpz = src + ".fpz"
-    fpfs.compress_file(src, fpz, chunk_size=CHUNK)
-    with open(src, "rb") as f:
-        return f.read(), fpz
+@pytest.fixture
+def packed(bf16_fpz_64k):
+    return bf16_fpz_64k
 
 
 def _run_bytes(c: Container, first: int, last: int) -> bytes:

@@ -16,19 +16,9 @@ from fpfs.errors import CorruptChunk, CorruptContainer
 from fpfs.packed_file import PackedFile
 from tests.weights import real_weights_file
 
-CHUNK = 64 << 10
-
-
-@pytest.fixture(scope="module")
-def packed_bf16(tmp_path_factory):
-    """(original bytes, container path): the real MiniLM weights in BF16 (~45 MB), 64 KiB
-    chunks (~700 of them, so reads span many pieces)."""
-    d = tmp_path_factory.mktemp("parallel")
-    src = real_weights_file("BF16", str(d))
-    fpz = src + ".fpz"
-    fpfs.compress_file(src, fpz, chunk_size=CHUNK)
-    with open(src, "rb") as f:
-        return f.read(), fpz
+@pytest.fixture
+def packed_bf16(bf16_fpz_64k):
+    return bf16_fpz_64k
 
 
 def test_read_and_readall_are_the_original(packed_bf16):
