@@ -293,6 +293,7 @@ static inline int fpfs_rans_decode(const uint8_t *src, ptrdiff_t srclen, uint8_t
 }
 
 #include "fpfs_rans32.h"
+#include "fpfs_expmant.h"
 
 static inline uint16_t fpfs_rotl16(uint16_t v, int r) {
     return r ? (uint16_t)((v << r) | (v >> ((16 - r) & 15))) : v;

@@ -8,6 +8,7 @@ payload before their unchecked inner loops.
 
 include "rans.pxi"
 include "planes.pxi"
+include "expmant.pxi"
 include "transforms.pxi"
 
 import os as _os
@@ -97,6 +98,36 @@ def decode_planes_into(const uint8_t[::1] payload, uint8_t[::1] out, uint8_t[::1
         _raise(rc)
 
 
+def encode_expmant_into(const uint8_t[::1] src, uint8_t[::1] scratch, uint8_t[::1] dst) -> int:
+    """Encode src (BF16, an even number of bytes) as an EXPMANT payload into dst. Returns its
+    size, or 0 when the chunk does not fit the format's exponent window or the payload would
+    not be smaller than len(dst)."""
+    cdef Py_ssize_t n = src.shape[0], r
+    if n % 2:
+        raise ValueError("%d bytes is not a whole number of BF16 elements" % n)
+    if scratch.shape[0] < n:
+        raise ValueError("scratch buffer too small")
+    if n == 0 or dst.shape[0] == 0:
+        return 0
+    with nogil:
+        r = encode_expmant(&src[0], n, &scratch[0], &dst[0], dst.shape[0])
+    return r
+
+
+def decode_expmant_into(const uint8_t[::1] payload, uint8_t[::1] out, uint8_t[::1] scratch):
+    """Decode an EXPMANT payload into all of out; scratch must hold len(out) // 2 bytes."""
+    cdef int rc
+    cdef Py_ssize_t n = out.shape[0]
+    if scratch.shape[0] < n // 2:
+        raise ValueError("scratch buffer too small")
+    if n == 0 or payload.shape[0] == 0:
+        _raise(ERR_LAYOUT)
+    with nogil:
+        rc = decode_expmant(&payload[0], payload.shape[0], &out[0], n, &scratch[0])
+    if rc != OK:
+        _raise(rc)
+
+
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport int64_t
 from libc.errno cimport errno, EINTR
@@ -114,7 +145,8 @@ cdef enum:
 def decode_chunks_from_fd(int fd, const int64_t[::1] offsets, const int64_t[::1] lengths,
                           const int64_t[::1] codecs, const int64_t[::1] sizes,
                           uint8_t[::1] out, uint8_t[::1] payload, uint8_t[::1] scratch):
-    """Read and decode consecutive RAW (0) or PLANES (1) chunks from a local container in one
+    """Read and decode consecutive RAW (0), PLANES (1) or EXPMANT (6) chunks from a local
+    container in one
     call without the GIL: chunk i's payload is lengths[i] bytes at offsets[i] of fd, its
     sizes[i] original bytes go to out, back to back. Returns (-1, 0, 0) when all decoded, else
     (i, code, errno) for the first chunk that failed: code a kernel error (see _ERRORS),
@@ -124,8 +156,8 @@ def decode_chunks_from_fd(int fd, const int64_t[::1] offsets, const int64_t[::1]
     if lengths.shape[0] != k or codecs.shape[0] != k or sizes.shape[0] != k:
         raise ValueError("chunk arrays differ in length")
     for i in range(k):
-        if codecs[i] != 0 and codecs[i] != 1:
-            raise ValueError("only RAW and PLANES chunks are decoded here")
+        if codecs[i] != 0 and codecs[i] != 1 and codecs[i] != 6:
+            raise ValueError("only RAW, PLANES and EXPMANT chunks are decoded here")
         if lengths[i] <= 0 or sizes[i] <= 0 or offsets[i] < 0:
             raise ValueError("empty or negative chunk")
         total += sizes[i]
@@ -156,8 +188,12 @@ def decode_chunks_from_fd(int fd, const int64_t[::1] offsets, const int64_t[::1]
                     rc = ERR_LAYOUT
                     break
                 memcpy(&out[pos], &payload[0], <size_t>sizes[i])
-            else:
+            elif codecs[i] == 1:
                 rc = decode_planes(&payload[0], lengths[i], &out[pos], sizes[i], &scratch[0])
+                if rc != 0:
+                    break
+            else:
+                rc = decode_expmant(&payload[0], lengths[i], &out[pos], sizes[i], &scratch[0])
                 if rc != 0:
                     break
             pos += sizes[i]

@@ -283,6 +283,30 @@ def decode_masked(payload: bytes, length: int) -> bytes:
     return bytes(out)
 
 
+def decode_expmant(payload: bytes, length: int) -> bytes:
+    """Codec 6 (version 4): BF16 elements from one rANS32 symbol each (exponent window and
+    top k mantissa bits) and packed fields of the other 8 - k bits."""
+    _check(len(payload) >= 6 and length >= 2 and length % 2 == 0, "header")
+    k, b = payload[0], payload[1]
+    _check(k in (1, 2) and 1 <= b and b + (1 << (8 - k)) - 2 <= 255, "window")
+    w = 8 - k
+    n = length // 2
+    slen = int.from_bytes(payload[2:6], "little")
+    flen = (n * w + 7) // 8
+    _check(6 + slen + flen == len(payload), "lengths")
+    symbols = rans32_decode(payload[6:6 + slen], n)
+    fields = int.from_bytes(payload[6 + slen:], "little")
+    _check(fields >> (n * w) == 0, "padding bits")
+    out = bytearray()
+    for i in range(n):
+        sym, field = symbols[i], (fields >> (w * i)) & ((1 << w) - 1)
+        t, top = sym >> k, sym & ((1 << k) - 1)
+        e = t + b - 1 if t else 0
+        sign, low = field >> (7 - k), field & ((1 << (7 - k)) - 1)
+        out += ((sign << 15) | (e << 7) | (top << (7 - k)) | low).to_bytes(2, "little")
+    return bytes(out)
+
+
 def decode_chunk(codec: int, payload: bytes, length: int, base: bytes = b"") -> bytes:
     """Decode one chunk payload; base is the whole original base file (codec 4 only)."""
     if codec == 0:
@@ -296,5 +320,7 @@ def decode_chunk(codec: int, payload: bytes, length: int, base: bytes = b"") -> 
         return decode_blocks(payload, length)
     if codec == 5:
         return decode_masked(payload, length)
+    if codec == 6:
+        return decode_expmant(payload, length)
     _check(codec == 4, f"unknown codec {codec}")
     return decode_delta(payload, length, base)

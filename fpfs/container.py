@@ -17,15 +17,17 @@ import numpy as np
 import xxhash
 
 from . import _kernels
-from .codecs import (CODECS, CODEC_DELTA, CODEC_PLANES, CODEC_RAW, V1_CODECS, BaseReader,
-                     DecodeError, decode_chunk, scratch)
+from .codecs import (CODECS, CODEC_DELTA, CODEC_EXPMANT, CODEC_PLANES, CODEC_RAW, V1_CODECS,
+                     V4_CODECS, BaseReader, DecodeError, decode_chunk, scratch)
 from .errors import CorruptChunk, CorruptContainer, UnsupportedVersion
 from .store import StoreObject, open_object
 
 MAGIC = b"\x89FPZ\r\n\x1a\n"
 END_MAGIC = b"FPZ-END\n"
-VERSION = 3                 # written; versions 1, 2 and 3 are read
-READABLE_VERSIONS = (1, 2, 3)   # 3: PLANES payloads may hold rANS32 planes (mode 3)
+VERSION = 4                 # written; versions 1 to 4 are read
+READABLE_VERSIONS = (1, 2, 3, 4)   # 3: rANS32 planes (PLANES mode 3); 4: codec 6 EXPMANT
+# Codecs that decode_chunks_from_fd decodes (a run of them is one call without the GIL).
+_FUSED_CODECS = frozenset((CODEC_RAW, CODEC_PLANES, CODEC_EXPMANT))
 FLAG_BASE = 0x1             # v2: a base section follows the header (a delta file)
 HEADER = struct.Struct("<8sHHIQQII")          # magic version flags chunk_size orig_size prefix_len crc zero
 TRAILER = struct.Struct("<QQQ32sII8s")         # table_off count orig_size sha256 table_crc trailer_crc end
@@ -242,7 +244,10 @@ class Container:
                 or coff[-1] + clen[-1] != table_off:
             self._fail("chunk payloads do not tile the data section")
         codecs = t["codec"]
-        allowed = set(CODECS) if self.version >= 2 else set(V1_CODECS)
+        if self.version == 1:
+            allowed = set(V1_CODECS)
+        else:
+            allowed = set(CODECS) - (set() if self.version >= 4 else set(V4_CODECS))
         if self.base is None:
             allowed.discard(CODEC_DELTA)
         known = np.isin(codecs, np.array(sorted(allowed), dtype=np.uint8))
@@ -290,7 +295,7 @@ class Container:
         through the mount is 4 chunks); anything else goes chunk by chunk."""
         fd = self.source.fileno()
         if fd is None or first == last or \
-                any(self._codecs[i] > CODEC_PLANES or self._comp_lengths[i] < 1
+                any(self._codecs[i] not in _FUSED_CODECS or self._comp_lengths[i] < 1
                     for i in range(first, last + 1)):
             pos = 0
             for i in range(first, last + 1):

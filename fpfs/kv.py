@@ -17,14 +17,15 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 import xxhash
 
-from .codecs import (CODEC_DELTA, CODEC_ZSTD, CODECS, V1_CODECS, DecodeError, decode_chunk, dtype_code,
-                     dtype_name, encode_chunk)
+from .codecs import (CODEC_DELTA, CODEC_ZSTD, CODECS, V1_CODECS, V4_CODECS, DecodeError,
+                     decode_chunk, dtype_code, dtype_name, encode_chunk)
 from .container import DEFAULT_CHUNK_SIZE, validate_chunk_size
 from .errors import CorruptContainer, FpfsError
 
 MAGIC = b"FPKV"
-VERSION = 3                 # 3: PLANES chunks may hold rANS32 planes (container v3)
-READABLE_VERSIONS = (1, 2, 3)  # 2: every container codec but DELTA; 1: RAW and PLANES only
+VERSION = 4                 # 4: BF16 chunks may be EXPMANT (container v4)
+READABLE_VERSIONS = (1, 2, 3, 4)  # 3: rANS32 planes; 2: every container codec but DELTA
+#                                   and EXPMANT; 1: RAW and PLANES only
 _HEAD = struct.Struct("<4sBBBB")          # magic version dtype framework ndim
 _TAIL = struct.Struct("<QQI")             # nbytes checksum nchunks
 _CHUNK_SIZE = struct.Struct("<I")         # v2: chunk size, after the tail
@@ -165,7 +166,9 @@ def _decode(blob: memoryview, chunk_size: int):
         codec, length = _CHUNK.unpack_from(blob, pos + i * _CHUNK.size)
         if data_pos + length > len(blob):
             bad("truncated payload")
-        if codec not in (V1_CODECS if version == 1 else KV_CODECS):
+        allowed = V1_CODECS if version == 1 else \
+            KV_CODECS if version >= 4 else KV_CODECS - V4_CODECS
+        if codec not in allowed:
             bad(f"chunk {i}: codec {codec} not allowed in a version {version} blob")
         try:
             decode_chunk(codec, blob[data_pos:data_pos + length],

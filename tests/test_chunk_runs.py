@@ -41,7 +41,7 @@ def test_damaged_payload_names_its_chunk(packed, tmp_path):
     data = bytearray(open(fpz, "rb").read())
     with Container(fpz) as c:
         victim = 10
-        assert int(c.table[victim]["codec"]) == 1
+        assert int(c.table[victim]["codec"]) == 6        # EXPMANT: BF16
         off = int(c.table[victim]["comp_offset"]) + int(c.table[victim]["comp_length"]) // 2
     data[off] ^= 0x5A
     bad = tmp_path / "bad.fpz"

@@ -202,7 +202,7 @@ def test_stats_json(hf_tree, tmp_path, capsys):
         assert f["dtypes"]["BF16"]["ratio"] < 1.0
         for d in f["dtypes"].values():
             assert set(d) >= {"original_bytes", "stored_bytes", "ratio", "codecs"}
-            assert all(k in ("raw", "planes", "zstd", "verbatim") for k in d["codecs"])
+            assert all(k in ("raw", "planes", "zstd", "expmant", "verbatim") for k in d["codecs"])
     total = doc["total"]
     assert total["original_bytes"] == sum(f["original_bytes"] for f in doc["files"])
     code, out, err = run(capsys, "stats", str(dst))

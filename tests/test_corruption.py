@@ -29,10 +29,12 @@ HDR, TRL, ENT = HEADER.size, TRAILER.size, CHUNK_ENTRY.itemsize
 # -- fixtures ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bf16_sample(tmp_path_factory):
-    """(original bytes, container bytes): real MiniLM BF16 weights (all but the word
-    embeddings and layers 2-5), 64 KiB chunks: ~2.4 MB, ~40 chunks, PLANES and RAW."""
+    """(original bytes, container bytes): real MiniLM weights (all but the word embeddings
+    and layers 2-5) in BF16, layer 1 in F16, 64 KiB chunks: ~2.4 MB, ~40 chunks, EXPMANT
+    (BF16), PLANES (F16) and RAW."""
     d = tmp_path_factory.mktemp("corrupt")
-    tensors = {k: (v.astype(ml_dtypes.bfloat16) if v.dtype == np.float32 else v)
+    tensors = {k: (v.astype(np.float16 if "layer.1." in k else ml_dtypes.bfloat16)
+                   if v.dtype == np.float32 else v)
                for k, v in load_real().items()
                if "word_embeddings" not in k and not any(f"layer.{i}." in k for i in range(2, 6))}
     # one incompressible tensor so some chunks are RAW
@@ -45,7 +47,7 @@ def bf16_sample(tmp_path_factory):
         original, packed = f.read(), g.read()
     with Container(fpz) as c:
         codecs = set(int(x) for x in c.table["codec"])
-        assert codecs == {0, 1} and len(c) > 30
+        assert codecs == {0, 1, 6} and len(c) > 30
     return original, packed
 
 
@@ -391,6 +393,23 @@ def test_raw_chunk_length_mismatch(bf16_sample, tmp_path):
     assert_rejected_cheaply(path, CorruptContainer, "raw chunk")
 
 
+def test_forged_expmant_lengths(bf16_sample, tmp_path):
+    """An EXPMANT payload whose symbol stream claims 4 GiB, or a window past exponent 255:
+    rejected by the kernel's header check before any decode."""
+    original, packed = bf16_sample
+    h, t, table = parse(packed)
+    i = int(np.flatnonzero(table["codec"] == 6)[1])
+    off = int(table["comp_offset"][i])
+    for patch in (lambda out: struct.pack_into("<I", out, off + 2, 0xFFFFFFFF),
+                  lambda out: out.__setitem__(off + 1, 250),
+                  lambda out: out.__setitem__(off, 3)):
+        path = damaged(tmp_path, forge(packed, payload_fn=lambda out, tab: patch(out)))
+        with Container(path) as c:
+            with pytest.raises(CorruptChunk):
+                c.decode(i)
+        assert probe(path, original, str(tmp_path)) == "read"
+
+
 def test_forged_checksum_codec_dtype(bf16_sample, tmp_path):
     """Table fields only a decode can check (CRCs recomputed): a wrong checksum, a RAW chunk
     relabelled PLANES, fail on reading that chunk; a wrong dtype code is a hint only."""
@@ -443,7 +462,7 @@ def test_wrong_whole_file_hash(bf16_sample, tmp_path):
         fpfs.verify_file(path)
 
 
-@pytest.mark.parametrize("version,flags", [(4, 0), (0, 0), (65535, 0), (1, 1), (1, 0x8000),
+@pytest.mark.parametrize("version,flags", [(5, 0), (0, 0), (65535, 0), (1, 1), (1, 0x8000),
                                            (2, 2), (2, 0x8000), (3, 2)])
 def test_unsupported_version(bf16_sample, tmp_path, version, flags):
     original, packed = bf16_sample

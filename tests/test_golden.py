@@ -41,14 +41,32 @@ def test_golden_decodes(path, tmp_path):
             assert ref == original[start:start + length]
 
 
-@pytest.mark.parametrize("version", ["v2", "v3"])
-def test_golden_covers_every_codec(version):
+@pytest.mark.parametrize("version,expected", [("v2", set(range(6))), ("v3", set(range(6))),
+                                              ("v4", set(range(7)))])
+def test_golden_covers_every_codec(version, expected):
     codecs = set()
     for path in GOLDEN:
         if f"/{version}/" in path:
             with Container(path) as c:
                 codecs |= {int(x) for x in c.table["codec"]}
-    assert codecs == {0, 1, 2, 3, 4, 5}
+    assert codecs == expected
+
+
+def test_golden_v4_expmant_cases():
+    """The v4 golden files hold EXPMANT chunks of both windows (k = 1, 2) and ones with
+    exponent-zero symbols (zeros, subnormals)."""
+    ks, zero_symbols = set(), False
+    with Container(os.path.join(os.path.dirname(__file__), "golden", "v4",
+                                "mixed.safetensors.fpz")) as c:
+        for i, codec in enumerate(c.table["codec"]):
+            if int(codec) == 6:
+                payload = c.read_payload(i)
+                k, slen = payload[0], int.from_bytes(payload[2:6], "little")
+                symbols = _reference.rans32_decode(payload[6:6 + slen],
+                                                   int(c.table["orig_length"][i]) // 2)
+                ks.add(k)
+                zero_symbols |= any(s >> k == 0 for s in symbols)
+    assert ks == {1, 2} and zero_symbols
 
 
 def _plane_modes(path: str) -> set:
@@ -63,14 +81,15 @@ def _plane_modes(path: str) -> set:
 
 
 def test_golden_plane_modes_by_version():
-    """v1/v2 files hold the 8-lane rANS planes (mode 1), v3 files the rANS32 ones (mode 3)."""
-    modes = {v: set() for v in ("v1", "v2", "v3")}
+    """v1/v2 files hold the 8-lane rANS planes (mode 1), v3/v4 files the rANS32 ones (mode 3)."""
+    modes = {v: set() for v in ("v1", "v2", "v3", "v4")}
     for path in GOLDEN:
         version = os.path.basename(os.path.dirname(path))
         if version in modes:
             modes[version] |= _plane_modes(path)
     assert 1 in modes["v1"] and 1 in modes["v2"] and 3 not in modes["v2"]
     assert 3 in modes["v3"] and 1 not in modes["v3"]
+    assert 3 in modes["v4"] and 1 not in modes["v4"]
 
 
 KV_GOLDEN = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "golden", "v*",
@@ -89,4 +108,4 @@ def test_golden_kv_blobs_decode(path):
 
 
 def test_golden_kv_blobs_exist():
-    assert {os.path.basename(os.path.dirname(p)) for p in KV_GOLDEN} >= {"v1", "v2", "v3"}
+    assert {os.path.basename(os.path.dirname(p)) for p in KV_GOLDEN} >= {"v1", "v2", "v3", "v4"}

@@ -9,6 +9,7 @@ id goes into the chunk table. Python decides here; fpfs._kernels loops.
     3 BLOCKS   block-quantized tensors: each struct field gathered and coded on its own
     4 DELTA    XOR or difference with the same bytes of a base file, then one of 0-3, 5
     5 MASKED   a bitmap of the non-zero elements, then the planes of those alone
+    6 EXPMANT  BF16: exponent and top mantissa bits as one rANS32 symbol, the rest packed
 """
 from __future__ import annotations
 
@@ -16,17 +17,21 @@ from typing import Callable, Dict, Optional, Tuple
 
 from .blocks import BLOCK_TYPES, BlocksCodec, block_type
 from .delta import DeltaCodec
+from .expmant import DTYPES as EXPMANT_DTYPES, ExpMantCodec
 from .dtypes import DTYPE_CODES, DTYPE_NAMES, dtype_code, dtype_name, plane_layout
 from .errors import DecodeError
 from .general import LEVEL_TYPED, LEVEL_UNTYPED, ZstdCodec
 from .masked import MaskedCodec
 from .planes import DEFAULT_MIN_SAVING_PPM, PlanesCodec, RawCodec, scratch
 
-CODEC_RAW, CODEC_PLANES, CODEC_ZSTD, CODEC_BLOCKS, CODEC_DELTA, CODEC_MASKED = range(6)
+(CODEC_RAW, CODEC_PLANES, CODEC_ZSTD, CODEC_BLOCKS, CODEC_DELTA, CODEC_MASKED,
+ CODEC_EXPMANT) = range(7)
 CODECS: Dict[int, object] = {c.codec_id: c for c in (
-    RawCodec(), PlanesCodec(), ZstdCodec(), BlocksCodec(), DeltaCodec(), MaskedCodec())}
+    RawCodec(), PlanesCodec(), ZstdCodec(), BlocksCodec(), DeltaCodec(), MaskedCodec(),
+    ExpMantCodec())}
 CODEC_NAMES = {cid: c.name for cid, c in CODECS.items()}
 V1_CODECS = frozenset((CODEC_RAW, CODEC_PLANES))   # all a format-version-1 file may use
+V4_CODECS = frozenset((CODEC_EXPMANT,))             # what versions 1-3 may not use
 
 # Where zstd is tried: untyped bytes always; tensors of one-byte elements (whole-byte
 # symbols, where exact repeats are what zstd finds and rANS cannot); wider floats only
@@ -51,7 +56,12 @@ def encode_standalone(data: memoryview, dtype: str,
     if btype is not None and n % btype.block_bytes == 0:
         offer(CODEC_BLOCKS, CODECS[CODEC_BLOCKS].encode(data, btype, min_saving_ppm))
     elif dtype != "RAW":
-        offer(CODEC_PLANES, CODECS[CODEC_PLANES].encode(data, dtype, min_saving_ppm))
+        # EXPMANT codes what PLANES codes plus the mantissa's skew at the same decode cost,
+        # so where it applies PLANES is tried only when every encoding is wanted.
+        expmant = CODECS[CODEC_EXPMANT].encode(data) if dtype in EXPMANT_DTYPES else None
+        offer(CODEC_EXPMANT, expmant)
+        if expmant is None or exhaustive or not min_saving_ppm:
+            offer(CODEC_PLANES, CODECS[CODEC_PLANES].encode(data, dtype, min_saving_ppm))
         offer(CODEC_MASKED, CODECS[CODEC_MASKED].encode(data, dtype, min_saving_ppm))
     width = plane_layout(dtype, n)[0]
     if dtype == "RAW":
@@ -92,7 +102,8 @@ def decode_chunk(codec_id: int, payload, out: memoryview,
 
 __all__ = [
     "DEFAULT_MIN_SAVING_PPM", "CODEC_RAW", "CODEC_PLANES", "CODEC_ZSTD", "CODEC_BLOCKS",
-    "CODEC_DELTA", "CODEC_MASKED", "CODECS", "CODEC_NAMES", "V1_CODECS", "BLOCK_TYPES", "DecodeError",
+    "CODEC_DELTA", "CODEC_MASKED", "CODEC_EXPMANT", "CODECS", "CODEC_NAMES", "V1_CODECS",
+    "V4_CODECS", "BLOCK_TYPES", "DecodeError",
     "encode_chunk", "encode_standalone", "decode_chunk", "BaseReader", "DTYPE_CODES",
     "DTYPE_NAMES", "dtype_code", "dtype_name", "plane_layout", "scratch",
 ]

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 CC=${CC:-$(command -v clang-14 || command -v clang)}
 mkdir -p out
-for t in 1:rans 2:planes 3:mask 4:delta 5:rans32; do
+for t in 1:rans 2:planes 3:mask 4:delta 5:rans32 6:expmant; do
     "$CC" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
         -I../../cython_ext -DFPFS_TARGET="${t%%:*}" fuzz_decode.c -o "out/fuzz_${t##*:}"
 done

@@ -1,6 +1,6 @@
 /* libFuzzer targets for the plain-C decoders of cython_ext/fpfs_decode.h, one decoder per
- * binary (-DFPFS_TARGET=1 rans, 2 planes, 3 mask, 4 delta, 5 rans32), built with ASan and
- * UBSan by ./build.sh. The planes and rans32 targets run every SIMD level this CPU has
+ * binary (-DFPFS_TARGET=1 rans, 2 planes, 3 mask, 4 delta, 5 rans32, 6 expmant), built with
+ * ASan and UBSan by ./build.sh. The planes, rans32 and expmant targets run every SIMD level this CPU has
  * (portable, AVX2), each on buffers of its own, and trap unless all give the same result:
  * a differential fuzz of the SIMD kernels against the portable ones. Buffers are allocated at exactly the size the decoder is promised, so any
  * read or write outside them is a sanitizer report; the only other outcome allowed is a
@@ -131,8 +131,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (n > 0 && srclen > 0)
         FPFS_DIFFERENTIAL(n, fpfs_rans32_decode(copy, srclen, out, n));
     free(copy);
+#elif FPFS_TARGET == 6
+    /* EXPMANT payload of a chunk of nbytes; scratch of exactly nbytes / 2 */
+    ptrdiff_t nbytes, srclen;
+    uint8_t *copy = framed(data, size, &nbytes, &srclen);
+    if (copy == NULL)
+        return 0;
+    uint8_t *scratch = malloc(nbytes / 2 ? (size_t)(nbytes / 2) : 1);
+    if (nbytes > 0)
+        FPFS_DIFFERENTIAL(nbytes, fpfs_decode_expmant(copy, srclen, out, nbytes, scratch));
+    free(copy);
+    free(scratch);
 #else
-#error "define FPFS_TARGET (1 rans, 2 planes, 3 mask, 4 delta, 5 rans32)"
+#error "define FPFS_TARGET (1 rans, 2 planes, 3 mask, 4 delta, 5 rans32, 6 expmant)"
 #endif
     return 0;
 }

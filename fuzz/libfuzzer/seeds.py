@@ -1,4 +1,4 @@
-"""Seed corpora for the libFuzzer targets: real PLANES payloads and rANS streams of the
+"""Seed corpora for the libFuzzer targets: real PLANES and EXPMANT payloads and rANS streams of the
 real MiniLM weights (tests/weights.py) in several dtypes, framed as fuzz_decode.c reads
 them (3 bytes of length, then the payload)."""
 import os
@@ -8,13 +8,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from fpfs import _kernels  # noqa: E402
-from fpfs.codecs import encode_chunk  # noqa: E402
+from fpfs.codecs import CODEC_EXPMANT, CODECS, CODEC_PLANES  # noqa: E402
 from tests.weights import cast_tensors, load_real  # noqa: E402
 
 
 def main(out: str) -> None:
     real = load_real()
-    for d in ("planes", "rans", "mask", "delta", "rans32"):
+    for d in ("planes", "rans", "mask", "delta", "rans32", "expmant"):
         os.makedirs(os.path.join(out, f"corpus-{d}"), exist_ok=True)
     count = 0
     for dtype in ("F32", "BF16", "F16", "F8_E4M3"):
@@ -23,10 +23,15 @@ def main(out: str) -> None:
             raw = np.ascontiguousarray(tensors[name]).view(np.uint8).ravel()[:8192]
             if raw.size < 64:
                 continue
-            codec, payload = encode_chunk(memoryview(raw.tobytes()), dtype, 0)
             n = raw.size.to_bytes(3, "little")
-            if codec == 1:
+            payload = CODECS[CODEC_PLANES].encode(memoryview(raw.tobytes()), dtype, 0)
+            if payload is not None:
                 with open(os.path.join(out, "corpus-planes", f"{dtype}-{count}"), "wb") as f:
+                    f.write(n + payload)
+            payload = CODECS[CODEC_EXPMANT].encode(memoryview(raw.tobytes())) \
+                if dtype == "BF16" else None
+            if payload is not None:
+                with open(os.path.join(out, "corpus-expmant", f"{dtype}-{count}"), "wb") as f:
                     f.write(n + payload)
             for coder, corpus in ((1, "corpus-rans"), (3, "corpus-rans32")):
                 stream = _kernels.rans_encode_bytes(raw.tobytes()[: raw.size // 2], coder)
@@ -35,6 +40,15 @@ def main(out: str) -> None:
                         f.write((raw.size // 2).to_bytes(3, "little") + stream)
             count += 1
     rng = np.random.default_rng(1)
+    bf16 = cast_tensors(real, "BF16")["encoder.layer.0.attention.self.query.weight"].ravel()[:3001]
+    for i, scale in enumerate((1, 40, 90)):       # k = 2, k = 1, zeros and subnormals
+        v = bf16.astype(np.float32) * np.exp2(rng.integers(-scale, scale + 1, bf16.size))
+        v[::7 + i] = 0
+        raw = v.astype(bf16.dtype).view(np.uint8)
+        payload = CODECS[CODEC_EXPMANT].encode(memoryview(raw.tobytes()))
+        if payload is not None:
+            with open(os.path.join(out, "corpus-expmant", f"window-{i}"), "wb") as f:
+                f.write(raw.size.to_bytes(3, "little") + payload)
     for i in range(8):
         nz = rng.random(200) < 0.4
         mask = np.packbits(nz, bitorder="little").tobytes()

@@ -34,7 +34,23 @@ def tensors() -> dict:
         "zeros": np.zeros(5000, np.float32), "scalar": np.array(3.5, np.float32),
         "sparse": np.where(rng.random(8192) < 0.6, 0, real.ravel()[:8192]).astype(np.float32),
         "empty": np.zeros((0, 3), np.float16),
+        **(bf16_windows(real) if VERSION >= 4 else {}),
     }
+
+
+def bf16_windows(real: np.ndarray) -> dict:
+    """Version 4 (EXPMANT) edge cases: exponents spanning more than 63 values (k = 1),
+    exact zeros and subnormals (symbol 0 .. 3), and a span too wide for any window (inf,
+    NaN and tiny values: stored PLANES)."""
+    x = real.ravel()[:4096]
+    wide = x * np.exp2(np.arange(x.size) % 100 - 50).astype(np.float32)
+    zeros = np.where(np.arange(x.size) % 29 == 0, 0, x).astype(np.float32)
+    zeros[::31] = 1e-40                     # a BF16 subnormal: exponent 0, mantissa != 0
+    unfit = x.copy()
+    unfit[:3] = (np.inf, np.nan, 1e-38)
+    return {"bf16.wide": wide.astype(ml_dtypes.bfloat16),
+            "bf16.zeros": zeros.astype(ml_dtypes.bfloat16),
+            "bf16.unfit": unfit.astype(ml_dtypes.bfloat16)}
 
 
 def fine_tuned(t: dict) -> dict:
