@@ -11,6 +11,7 @@ extensions = [
         depends=["cython_ext/rans.pxi", "cython_ext/planes.pxi", "cython_ext/transforms.pxi",
                  "cython_ext/expmant.pxi", "cython_ext/fpfs_expmant.h",
                  "cython_ext/fpfs_decode.h", "cython_ext/fpfs_rans32.h",
+                 "cython_ext/fpfs_rans32_enc.h",
                  "cython_ext/fpfs_simd.h"],
     )
 ]

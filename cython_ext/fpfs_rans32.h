@@ -23,6 +23,8 @@
 #define FPFS_R32_HEADER (4 * FPFS_R32_LANES) /* the initial states, u32 each */
 #define FPFS_R32_STEP_BYTES (2 * FPFS_R32_LANES)
 
+#include "fpfs_rans32_enc.h"
+
 /* One decode-table entry per slot: symbol (bits 0-7), bias = slot - cumulative frequency
    (bits 8-19), frequency - 1 (bits 20-31).  A frequency of 4096 (one symbol only) does not
    fit and is rejected: writers store such a plane CONST. */
@@ -220,10 +222,12 @@ static inline int fpfs_rans32_decode(const uint8_t *src, ptrdiff_t srclen, uint8
     return FPFS_OK;
 }
 
-/* Fill the renormalisation permutations (once, before any thread decodes). */
+/* Fill the renormalisation permutations of the decoder and the encoder (once, before any
+   thread decodes or encodes). */
 static void fpfs_r32_init(void) {
 #ifdef FPFS_HAVE_AVX2_KERNELS
     fpfs_r32_init_perm();
+    fpfs_r32_init_enc();
 #endif
 }
 

@@ -366,6 +366,42 @@ cdef enum:
     R32_HEADER = 4 * R32_LANES
 
 
+cdef extern from "fpfs_rans32_enc.h" nogil:
+    Py_ssize_t fpfs_r32_encode_steps(uint32_t* st, const uint8_t* src, Py_ssize_t nsteps,
+                                     const uint32_t* fc, const float* rcp, uint8_t** pp,
+                                     const uint8_t* limit)
+
+
+cdef inline bint _r32_put_steps(const uint8_t* src, Py_ssize_t n, Py_ssize_t start,
+                                Py_ssize_t stop, uint64_t* st, const _EncSym* es,
+                                uint8_t** pp, const uint8_t* limit) noexcept nogil:
+    """Scalar encoder: steps starting at start, start - 32, ... down to stop, each lane
+    31 .. 0 (the partial step: lanes n - start - 1 .. 0). False when out of room."""
+    cdef uint8_t* ptr = pp[0]
+    cdef const _EncSym* e
+    cdef uint64_t x, c
+    cdef uint16_t w16
+    cdef int lane
+    while start >= stop:
+        if ptr < limit:
+            return False
+        lane = <int>min(n - start, R32_LANES) - 1
+        while lane >= 0:
+            e = &es[src[start + lane]]
+            x = st[lane]
+            c = x >= (<uint64_t>e.freq << 20)
+            # Branch-free: always store the word, keep it only when the state needed
+            # shrinking.
+            w16 = <uint16_t>x
+            memcpy(ptr - 2, &w16, 2)
+            ptr -= c << 1
+            st[lane] = _put(x >> (c << 4), e)
+            lane -= 1
+        start -= R32_LANES
+    pp[0] = ptr
+    return True
+
+
 cdef Py_ssize_t rans32_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
                               Py_ssize_t cap) noexcept nogil:
     """Encode n bytes into dst as an rANS32 stream; returns bytes written, or 0 when the
@@ -373,13 +409,14 @@ cdef Py_ssize_t rans32_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
     plane is stored CONST).  Uses no scratch memory; dst[0:cap] is scribbled on."""
     cdef uint32_t counts[256]
     cdef uint32_t freqs[256]
+    cdef uint32_t fc[256]
+    cdef float rcp[256]
     cdef _EncSym es[256]
     cdef uint64_t st[R32_LANES]
-    cdef uint64_t x, c
-    cdef const _EncSym* e
+    cdef uint32_t st32[R32_LANES]
+    cdef uint32_t cum
     cdef int s, k, base, lane, present
-    cdef uint16_t w16
-    cdef Py_ssize_t hdr, body, tbl, nsteps, start
+    cdef Py_ssize_t hdr, body, tbl, nsteps, left
     cdef uint8_t* ptr
     cdef uint8_t* limit
     if n == 0 or cap <= 0:
@@ -401,25 +438,27 @@ cdef Py_ssize_t rans32_encode(const uint8_t* src, Py_ssize_t n, uint8_t* dst,
     limit = dst + hdr + 2 * R32_LANES + 2
     for lane in range(R32_LANES):
         st[lane] = R32_L
-    # Backwards: the partial last step first, then whole steps, each lane 31 .. 0.
+    # Backwards: the partial last step first (scalar), then the whole steps: the AVX2
+    # steps (fpfs_rans32_enc.h) where the CPU has them, the scalar loop for any they
+    # leave (the same bytes either way).
     nsteps = n // R32_LANES
-    start = nsteps * R32_LANES
-    while start >= 0:
-        if ptr < limit:
-            return 0
-        lane = <int>min(n - start, R32_LANES) - 1
-        while lane >= 0:
-            e = &es[src[start + lane]]
-            x = st[lane]
-            c = x >= (<uint64_t>e.freq << 20)
-            # Branch-free: always store the word, keep it only when the state needed
-            # shrinking.
-            w16 = <uint16_t>x
-            memcpy(ptr - 2, &w16, 2)
-            ptr -= c << 1
-            st[lane] = _put(x >> (c << 4), e)
-            lane -= 1
-        start -= R32_LANES
+    if n > nsteps * R32_LANES and \
+            not _r32_put_steps(src, n, nsteps * R32_LANES, nsteps * R32_LANES, st, es, &ptr, limit):
+        return 0
+    left = nsteps
+    if nsteps:
+        cum = 0
+        for s in range(256):
+            fc[s] = freqs[s] | (cum << 16)
+            rcp[s] = 1.0 / freqs[s] if freqs[s] else 0.0
+            cum += freqs[s]
+        for lane in range(R32_LANES):
+            st32[lane] = <uint32_t>st[lane]
+        left = fpfs_r32_encode_steps(st32, src, nsteps, fc, rcp, &ptr, limit)
+        for lane in range(R32_LANES):
+            st[lane] = st32[lane]
+    if left and not _r32_put_steps(src, n, (left - 1) * R32_LANES, 0, st, es, &ptr, limit):
+        return 0
     body = (dst + cap) - ptr
     if hdr + body >= cap:
         return 0

@@ -65,6 +65,38 @@ def test_roundtrip_matches_reference(seed, n, alphabet, scale):
         assert agree(stream, n) == data
 
 
+def encodings(data: bytes):
+    """{kernel: the rANS32 stream its encoder writes} for every encoder this CPU has."""
+    return {name: rans_encode_bytes(data, RANS32) for name in each_kernel()}
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 20000),
+       alphabet=st.integers(1, 256), scale=st.floats(0.05, 50.0))
+def test_simd_encoder_writes_the_scalar_bytes(seed, n, alphabet, scale):
+    """The AVX2 encoder steps (float quotient, corrected) write exactly the scalar
+    encoder's stream, so a file's bytes never depend on the CPU that wrote it."""
+    data = skewed(np.random.default_rng(seed), n, alphabet, scale)
+    streams = encodings(data)
+    assert len(set(streams.values())) == 1, {k: len(v) for k, v in streams.items()}
+
+
+@pytest.mark.parametrize("cap_slack", [0, 1, 2, 63, 64, 65, 80, 81, 150, 400])
+def test_simd_encoder_gives_up_where_the_scalar_one_does(cap_slack):
+    """Room for the stream only just there (or not): the AVX2 steps stop 80 bytes short of
+    the limit and leave the rest to the scalar loop, which decides exactly as before."""
+    from fpfs._kernels import encode_planes_into
+    data = np.frombuffer(skewed(np.random.default_rng(3), 8192, 40, 6.0), np.uint8)
+    full = rans_encode_bytes(data.tobytes(), RANS32)
+    results = set()
+    for name in each_kernel():
+        # plane payload: 2 + 5 header bytes, then the stream; cap just around its size
+        dst = np.zeros(7 + len(full) + cap_slack - 40, np.uint8)
+        size = encode_planes_into(data, 1, 0, np.empty(8192, np.uint8), dst, 0, RANS32)
+        results.add((size, dst[:size].tobytes()))
+    assert len(results) == 1
+
+
 @pytest.mark.parametrize("n", [300, 319, 320, 321, 351, 352, 353, 1000, 4095, 4096, 4097,
                                65535, 65536, 131072, 262143])
 def test_lengths_around_steps(n):
