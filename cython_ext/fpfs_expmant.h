@@ -98,6 +98,87 @@ static inline void fpfs_expmant_merge_portable(const uint8_t *sym, const uint8_t
 
 /* ---- encoder side ------------------------------------------------------------------ */
 
+#ifdef FPFS_HAVE_AVX2_KERNELS
+/* The window scan, 16 elements per iteration; returns the elements done. */
+FPFS_AVX2 static inline ptrdiff_t fpfs_expmant_range_avx2(const uint8_t *src, ptrdiff_t n,
+                                                         uint32_t *lo, uint32_t *hi) {
+    const __m256i byte = _mm256_set1_epi16(0xFF), zero = _mm256_setzero_si256();
+    __m256i vlo = _mm256_set1_epi16(255), vhi = zero;
+    ptrdiff_t i;
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m256i e = _mm256_and_si256(
+            _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(src + 2 * i)), 7), byte);
+        vhi = _mm256_max_epu16(vhi, e);
+        vlo = _mm256_min_epu16(vlo, _mm256_or_si256(e, _mm256_and_si256(
+                                         _mm256_cmpeq_epi16(e, zero), byte)));
+    }
+    uint16_t l[16], h[16];
+    _mm256_storeu_si256((__m256i *)l, vlo);
+    _mm256_storeu_si256((__m256i *)h, vhi);
+    for (int j = 0; j < 16; j++) {
+        *lo = l[j] < *lo ? l[j] : *lo;
+        *hi = h[j] > *hi ? h[j] : *hi;
+    }
+    return i;
+}
+
+/* The split, 16 elements per iteration while 16 bytes of fields can be stored (the
+   store runs past the 2w bytes written; the next iteration overwrites the rest).
+   Fields: lane j's field shifted up by (j w) % 8 within its 16-bit lane, then each
+   output byte is the OR of up to three bytes of those lanes (pshufb, in each half).
+   Returns the elements done (a multiple of 16). */
+FPFS_AVX2 static inline ptrdiff_t fpfs_expmant_split_avx2(const uint8_t *src, ptrdiff_t n,
+                                                         int k, int b, uint8_t *sym,
+                                                         uint8_t *fields, ptrdiff_t flen) {
+    const int w = 8 - k;
+    int8_t ctl[3][32];
+    int16_t mul[16];
+    for (int c = 0; c < 3; c++)
+        for (int j = 0; j < 32; j++)
+            ctl[c][j] = -128;                       /* pshufb: zero */
+    for (int j = 0; j < 16; j++) {
+        int bit = (j % 8) * w, at = bit >> 3, half = 16 * (j / 8);
+        mul[j] = (int16_t)(1 << (bit & 7));
+        /* the low byte of lane j goes to output byte `at` (first or second source), its
+           high byte (the spill) to `at + 1` (third source) */
+        int c = ctl[0][half + at] == -128 ? 0 : 1;
+        ctl[c][half + at] = (int8_t)(2 * (j % 8));
+        ctl[2][half + at + 1] = (int8_t)(2 * (j % 8) + 1);
+    }
+    const __m256i c0 = _mm256_loadu_si256((const __m256i *)ctl[0]);
+    const __m256i c1 = _mm256_loadu_si256((const __m256i *)ctl[1]);
+    const __m256i c2 = _mm256_loadu_si256((const __m256i *)ctl[2]);
+    const __m256i mult = _mm256_loadu_si256((const __m256i *)mul);
+    const __m256i byte = _mm256_set1_epi16(0xFF), zero = _mm256_setzero_si256();
+    const __m256i base = _mm256_set1_epi16((int16_t)(b - 1));
+    const __m256i tops = _mm256_set1_epi16((int16_t)((1 << k) - 1));
+    const __m256i lows = _mm256_set1_epi16((int16_t)((1 << (7 - k)) - 1));
+    const __m128i sh_k = _mm_cvtsi32_si128(k), sh_top = _mm_cvtsi32_si128(7 - k);
+    const __m128i sh_sign = _mm_cvtsi32_si128(15 - (7 - k));
+    const __m256i sign = _mm256_set1_epi16((int16_t)(1 << (7 - k)));
+    ptrdiff_t i;
+    for (i = 0; i + 16 <= n && (i / 8) * w + 16 + w <= flen; i += 16) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(src + 2 * i));
+        __m256i e = _mm256_and_si256(_mm256_srli_epi16(v, 7), byte);
+        __m256i t = _mm256_andnot_si256(_mm256_cmpeq_epi16(e, zero),
+                                        _mm256_sub_epi16(e, base));
+        __m256i y = _mm256_or_si256(_mm256_sll_epi16(t, sh_k),
+                                    _mm256_and_si256(_mm256_srl_epi16(v, sh_top), tops));
+        __m128i y8 = _mm_packus_epi16(_mm256_castsi256_si128(y), _mm256_extracti128_si256(y, 1));
+        _mm_storeu_si128((__m128i *)(sym + i), y8);
+        __m256i f = _mm256_or_si256(_mm256_and_si256(v, lows),
+                                    _mm256_and_si256(_mm256_srl_epi16(v, sh_sign), sign));
+        f = _mm256_mullo_epi16(f, mult);
+        __m256i o = _mm256_or_si256(_mm256_or_si256(_mm256_shuffle_epi8(f, c0),
+                                                    _mm256_shuffle_epi8(f, c1)),
+                                    _mm256_shuffle_epi8(f, c2));
+        _mm_storeu_si128((__m128i *)(fields + (i / 8) * w), _mm256_castsi256_si128(o));
+        _mm_storeu_si128((__m128i *)(fields + (i / 8) * w + w), _mm256_extracti128_si256(o, 1));
+    }
+    return i;
+}
+#endif
+
 /* The window of n elements: k = 2 when the non-zero exponents span at most 63 values,
    k = 1 for 127, else 0 (the chunk does not fit); b is the lowest of them, lowered where
    needed so that the window ends at or below 255. */
@@ -105,7 +186,12 @@ static inline int fpfs_expmant_window(const uint8_t *src, ptrdiff_t n, int *b) {
     uint32_t lo = 255, hi = 0, e;
     uint16_t v;
     int k;
-    for (ptrdiff_t i = 0; i < n; i++) {
+    ptrdiff_t i = 0;
+#ifdef FPFS_HAVE_AVX2_KERNELS
+    if (fpfs_simd_level >= FPFS_SIMD_AVX2)
+        i = fpfs_expmant_range_avx2(src, n, &lo, &hi);
+#endif
+    for (; i < n; i++) {
         memcpy(&v, src + 2 * i, 2);
         e = (v >> 7) & 0xFF;
         hi = e > hi ? e : hi;
@@ -122,13 +208,19 @@ static inline int fpfs_expmant_window(const uint8_t *src, ptrdiff_t n, int *b) {
     return k;
 }
 
+
 /* Symbols (n bytes) and fields (exactly (n * (8 - k) + 7) / 8 bytes, unused bits zero) of
    n elements that fit window (k, b). */
 static inline void fpfs_expmant_split(const uint8_t *src, ptrdiff_t n, int k, int b,
                                       uint8_t *sym, uint8_t *fields) {
     const int w = 8 - k;
     const ptrdiff_t flen = (n * w + 7) / 8;
-    for (ptrdiff_t g = 0; g < n; g += 8) {
+    ptrdiff_t start = 0;
+#ifdef FPFS_HAVE_AVX2_KERNELS
+    if (fpfs_simd_level >= FPFS_SIMD_AVX2)
+        start = fpfs_expmant_split_avx2(src, n, k, b, sym, fields, flen);
+#endif
+    for (ptrdiff_t g = start; g < n; g += 8) {
         uint64_t acc = 0;
         ptrdiff_t m = n - g < 8 ? n - g : 8;
         for (ptrdiff_t j = 0; j < m; j++) {

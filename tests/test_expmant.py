@@ -79,13 +79,18 @@ def elements(exponents, rng) -> bytes:
        span=st.integers(0, 126), zeros=st.floats(0.0, 0.5), skew=st.floats(0.5, 30.0))
 def test_roundtrip_matches_reference(seed, n, low, span, zeros, skew):
     """Windows of every width and position, zero exponents (zeros and subnormals), lengths
-    that end anywhere within a group of eight fields and a SIMD step."""
+    that end anywhere within a group of eight fields and a SIMD step; every encoder writes
+    the same payload."""
     rng = np.random.default_rng(seed)
     span = min(span, 255 - low)
     offsets = np.minimum(rng.exponential(skew, n).astype(np.int64), span)
     exps = np.where(rng.random(n) < zeros, 0, low + offsets)
     data = elements(exps, rng)
-    payload = CODEC.encode(memoryview(data))
+    payloads = set()
+    for _ in each_kernel():         # the AVX2 window scan and split write the same bytes
+        payloads.add(CODEC.encode(memoryview(data)))
+    assert len(payloads) == 1
+    payload = payloads.pop()
     if payload is not None:         # random mantissas: coding may not pay
         got, ref = outcome(payload, len(data))
         assert ref == data and all(v == data for v in got.values())
