@@ -13,6 +13,8 @@ ZipNN's and zstd's output (their APIs offer no other way), decoded on 1 and on a
 "fpfs decompress" is `fpfs decompress` of that .fpz to a new file (all cores, SHA-256
 checked, fsync-ed, renamed into place) on /dev/shm, so that the disk is not what is timed. "memcpy" copies the original into a
 new bytes object: the ceiling for any decoder that returns one. --kernels repeats the fpfs rows with each rANS32 decoder (FPFS_SIMD).
+"fpfs, PLANES only (v3)" (BF16) codes every chunk as format version 3 did, without codec 6
+EXPMANT: the same-run baseline of what version 4 changed.
 ZipNN gets the safetensors header stored raw and the tensor data with the dtype hint (on the
 whole file it is not lossless when the header length is odd); FP8/MXFP4 data is given to it
 as float8_e4m3fn, its only one-byte float mode. Every codec's output is checked lossless.
@@ -33,7 +35,7 @@ from bench._common import best_time  # noqa: E402
 
 import fpfs  # noqa: E402
 from fpfs import _kernels, parallel  # noqa: E402
-from fpfs.codecs import decode_chunk, encode_chunk  # noqa: E402
+from fpfs.codecs import CODEC_PLANES, CODEC_RAW, CODECS, decode_chunk, encode_chunk  # noqa: E402
 from fpfs.packed_file import PackedFile  # noqa: E402
 from fpfs.compress import plan_chunks  # noqa: E402
 from fpfs.container import DEFAULT_CHUNK_SIZE, checksum  # noqa: E402
@@ -45,7 +47,13 @@ ZIPNN_DTYPE = {"F32": "float32", "BF16": "bfloat16", "F16": "float16",
 THREADS = os.cpu_count() or 2
 
 
-def bench_fpfs(path: str, data: bytes, repeat: int) -> dict:
+def planes_only(piece, dtype: str):
+    """How format version 3 coded a chunk (PLANES or RAW): the same-run baseline of EXPMANT."""
+    payload = CODECS[CODEC_PLANES].encode(piece, dtype)
+    return (CODEC_RAW, bytes(piece)) if payload is None else (CODEC_PLANES, payload)
+
+
+def bench_fpfs(path: str, data: bytes, repeat: int, encode=encode_chunk) -> dict:
     layout = read_layout(path)
     chunks = plan_chunks(layout, DEFAULT_CHUNK_SIZE)
     view = memoryview(data)
@@ -53,7 +61,7 @@ def bench_fpfs(path: str, data: bytes, repeat: int) -> dict:
     def enc(chunk):
         off, length, dtype, _ = chunk
         piece = view[off:off + length]
-        return encode_chunk(piece, dtype) + (checksum(piece), length)
+        return encode(piece, dtype) + (checksum(piece), length)
 
     # Decode into one output buffer, each chunk into its place, as reads through the mount
     # and fpfs.open().readinto do (the destination is the reader's buffer).
@@ -206,6 +214,9 @@ def main() -> None:
             _kernels.set_simd_kernel(kernel)
             tag = f" [{kernel}]" if len(kernels) > 1 else ""
             results["fpfs" + tag] = bench_fpfs(path, data, args.repeat)
+            if name == "BF16":          # version 4's EXPMANT against version 3's PLANES
+                results["fpfs, PLANES only (v3)" + tag] = bench_fpfs(path, data, args.repeat,
+                                                                     planes_only)
             results["fpfs read()" + tag] = bench_fpfs_read(path, data, args.repeat, tmp)
             results["fpfs decompress" + tag] = bench_fpfs_decompress(path, data, args.repeat,
                                                                      tmp)
