@@ -30,7 +30,8 @@ from tests.weights import real_weights_file  # noqa: E402
 BUCKETS = [
     ("rANS decode (C)", ("fpfs_rans32", "fpfs_r32", "fpfs_rans_decode", "fpfs_dec_blocks",
                          "fpfs_dsym")),
-    ("plane merge, other decode (C)", ("fpfs_merge", "fpfs_decode_planes", "fpfs_mask",
+    ("plane merge, other decode (C)", ("fpfs_merge", "fpfs_decode_planes", "fpfs_expmant",
+                                       "fpfs_decode_expmant", "fpfs_mask",
                                        "fpfs_delta", "fpfs_scatter", "fpfs_read_table")),
     ("waiting for the GIL", ("take_gil", "pthread_cond_timedwait", "drop_gil",
                              "pthread_cond_signal", "PyEval_RestoreThread")),

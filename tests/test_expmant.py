@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fpfs import _kernels, _reference
+from fpfs import _reference
 from fpfs.codecs import CODEC_EXPMANT, CODECS, DecodeError, encode_chunk
+from tests.simd import each_kernel, restore_kernel  # noqa: F401 (autouse fixture)
 from tests.weights import cast_tensors, load_real
 
 SETTINGS = settings(max_examples=150, deadline=None,
@@ -22,17 +23,6 @@ SETTINGS = settings(max_examples=150, deadline=None,
 CODEC = CODECS[CODEC_EXPMANT]
 
 
-@pytest.fixture(autouse=True)
-def _restore_kernel():
-    before = _kernels.simd_kernel()
-    yield
-    _kernels.set_simd_kernel(before)
-
-
-def each_kernel():
-    for name in ("portable", "avx2"):
-        if _kernels.set_simd_kernel(name) == name:
-            yield name
 
 
 def outcome(payload: bytes, length: int):

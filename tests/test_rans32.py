@@ -10,25 +10,13 @@ from hypothesis import strategies as st
 
 from fpfs import _kernels, _reference
 from fpfs._kernels import KernelError, rans_decode_bytes, rans_encode_bytes
+from tests.simd import each_kernel, restore_kernel  # noqa: F401 (autouse fixture)
 
 RANS32 = 3
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
-KERNELS = ["portable", "avx2"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_kernel():
-    before = _kernels.simd_kernel()
-    yield
-    _kernels.set_simd_kernel(before)
-
-
-def each_kernel():
-    """Yield each decoder this CPU has, switched on."""
-    for name in KERNELS:
-        if _kernels.set_simd_kernel(name) == name:
-            yield name
 
 
 def skewed(rng: np.random.Generator, n: int, alphabet: int = 16, scale: float = 1.5) -> bytes:

@@ -13,8 +13,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .. import _kernels
-from .errors import DecodeError
-from .planes import scratch
+from .planes import decode_with, encode_with
 
 DTYPES = frozenset(("BF16",))
 
@@ -29,15 +28,7 @@ class ExpMantCodec:
         n = len(data)
         if n < 2 or n % 2:
             return None
-        dst = bytearray(n)
-        size = _kernels.encode_expmant_into(data, scratch(n), dst)
-        if size == 0:
-            return None
-        del dst[size:]
-        return bytes(dst)
+        return encode_with(lambda work, dst: _kernels.encode_expmant_into(data, work, dst), n)
 
     def decode_into(self, payload, out: memoryview) -> None:
-        try:
-            _kernels.decode_expmant_into(payload, out, scratch(len(out)))
-        except _kernels.KernelError as exc:
-            raise DecodeError(str(exc)) from None
+        decode_with(_kernels.decode_expmant_into, payload, out)

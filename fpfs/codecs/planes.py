@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Optional
 
 import numpy as np
 
@@ -25,6 +26,25 @@ def scratch(n: int) -> np.ndarray:
         buf = np.empty(max(n, 1 << 18), dtype=np.uint8)
         _local.buf = buf
     return buf
+
+
+def encode_with(encoder, n: int) -> Optional[bytes]:
+    """Run a kernel encoder, encoder(scratch, dst) -> size, into a buffer of the raw size n:
+    the payload, or None when it would not be smaller than the raw chunk (size 0)."""
+    dst = bytearray(n)
+    size = encoder(scratch(n), dst)
+    if size == 0:
+        return None
+    del dst[size:]
+    return bytes(dst)
+
+
+def decode_with(decoder, payload, out: memoryview) -> None:
+    """Run a kernel decoder, decoder(payload, out, scratch); its errors are DecodeError."""
+    try:
+        decoder(payload, out, scratch(len(out)))
+    except _kernels.KernelError as exc:
+        raise DecodeError(str(exc)) from None
 
 
 class RawCodec:
@@ -51,15 +71,8 @@ class PlanesCodec:
         layout: (width, rotation) instead of the dtype's own."""
         n = len(data)
         width, rot = layout if layout is not None else plane_layout(dtype, n)
-        dst = bytearray(n)
-        size = _kernels.encode_planes_into(data, width, rot, scratch(n), dst, min_saving_ppm)
-        if size == 0:
-            return None
-        del dst[size:]
-        return bytes(dst)
+        return encode_with(lambda work, dst: _kernels.encode_planes_into(
+            data, width, rot, work, dst, min_saving_ppm), n)
 
     def decode_into(self, payload, out: memoryview) -> None:
-        try:
-            _kernels.decode_planes_into(payload, out, scratch(len(out)))
-        except _kernels.KernelError as exc:
-            raise DecodeError(str(exc)) from None
+        decode_with(_kernels.decode_planes_into, payload, out)
