@@ -70,9 +70,9 @@ FPFS_AVX2 static inline ptrdiff_t fpfs_expmant_merge_avx2(const uint8_t *sym,
 
 /* Elements [i, n): element = high[symbol] | low[field], both tables built from the
    definition above; eight fields per 64-bit load while eight bytes remain. */
-static inline void fpfs_expmant_merge_portable(const uint8_t *sym, const uint8_t *fields,
-                                               ptrdiff_t fields_len, ptrdiff_t i,
-                                               ptrdiff_t n, int k, int b, uint8_t *dst) {
+static inline __attribute__((always_inline)) void
+fpfs_expmant_merge_k(const uint8_t *sym, const uint8_t *fields, ptrdiff_t fields_len,
+                     ptrdiff_t i, ptrdiff_t n, const int k, int b, uint8_t *dst) {
     const int w = 8 - k;
     const uint64_t mask = (1u << w) - 1;
     uint16_t high[256], low[128], v;
@@ -240,6 +240,16 @@ static inline void fpfs_expmant_split(const uint8_t *src, ptrdiff_t n, int k, in
                 fields[at + j] = (uint8_t)(acc >> (8 * j));
         }
     }
+}
+
+/* With k a constant, every field shift is by a constant. */
+static inline void fpfs_expmant_merge_portable(const uint8_t *sym, const uint8_t *fields,
+                                               ptrdiff_t fields_len, ptrdiff_t i,
+                                               ptrdiff_t n, int k, int b, uint8_t *dst) {
+    if (k == 2)
+        fpfs_expmant_merge_k(sym, fields, fields_len, i, n, 2, b, dst);
+    else
+        fpfs_expmant_merge_k(sym, fields, fields_len, i, n, 1, b, dst);
 }
 
 /* Decode an EXPMANT payload into exactly nbytes of out; scratch must hold nbytes / 2. */
