@@ -140,98 +140,21 @@ cdef enum:
     RUN_OK = 0
     RUN_SHORT = -100          # the file ended before a payload did
     RUN_IO = -101             # pread failed (errno kept)
-    MAX_RUN_THREADS = 8
-
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    int pthread_create(pthread_t* thread, const void* attr,
-                       void* (*start)(void*) noexcept nogil, void* arg)
-    int pthread_join(pthread_t thread, void** result)
-
-
-cdef struct _RunPart:
-    # one thread's share of a run: chunks [first, stop), out bytes from pos
-    int fd
-    const int64_t* offsets
-    const int64_t* lengths
-    const int64_t* codecs
-    const int64_t* sizes
-    Py_ssize_t first
-    Py_ssize_t stop
-    uint8_t* out
-    uint8_t* payload
-    uint8_t* scratch
-    Py_ssize_t failed         # first chunk that failed, or -1
-    int rc
-    int err
-
-
-cdef void _decode_part(_RunPart* p) noexcept nogil:
-    cdef Py_ssize_t i = p.first, got, r
-    cdef uint8_t* out = p.out
-    cdef int rc = 0
-    p.failed = -1
-    p.err = 0
-    while i < p.stop:
-        got = 0
-        while got < p.lengths[i]:
-            r = pread(p.fd, p.payload + got, <size_t>(p.lengths[i] - got), p.offsets[i] + got)
-            if r < 0:
-                if errno == EINTR:
-                    continue
-                p.err = errno
-                rc = RUN_IO
-                break
-            if r == 0:
-                rc = RUN_SHORT
-                break
-            got += r
-        if rc == 0:
-            if p.codecs[i] == 0:
-                if p.lengths[i] != p.sizes[i]:
-                    rc = ERR_LAYOUT
-                else:
-                    memcpy(out, p.payload, <size_t>p.sizes[i])
-            elif p.codecs[i] == 1:
-                rc = decode_planes(p.payload, p.lengths[i], out, p.sizes[i], p.scratch)
-            else:
-                rc = decode_expmant(p.payload, p.lengths[i], out, p.sizes[i], p.scratch)
-        if rc != 0:
-            p.failed = i
-            p.rc = rc
-            return
-        out += p.sizes[i]
-        i += 1
-
-
-cdef void* _part_thread(void* arg) noexcept nogil:
-    _decode_part(<_RunPart*>arg)
-    return NULL
 
 
 def decode_chunks_from_fd(int fd, const int64_t[::1] offsets, const int64_t[::1] lengths,
                           const int64_t[::1] codecs, const int64_t[::1] sizes,
-                          uint8_t[::1] out, uint8_t[::1] payload, uint8_t[::1] scratch,
-                          int threads=1):
+                          uint8_t[::1] out, uint8_t[::1] payload, uint8_t[::1] scratch):
     """Read and decode consecutive RAW (0), PLANES (1) or EXPMANT (6) chunks from a local
-    container without the GIL: chunk i's payload is lengths[i] bytes at offsets[i] of fd,
-    its sizes[i] original bytes go to out, back to back. With threads > 1 the run is cut
-    into that many parts (whole chunks) decoded on their own threads at once (a 1 MiB read
-    through the mount is 4 chunks: the kernel keeps too few requests in flight to use the
-    cores otherwise); payload and scratch then hold one longest payload / widest chunk per
-    thread. Returns (-1, 0, 0) when all decoded, else (i, code, errno) for the first chunk
-    that failed: code a kernel error (see _ERRORS), RUN_SHORT (file truncated) or RUN_IO
-    (errno). Checksums are the caller's."""
-    cdef Py_ssize_t k = offsets.shape[0], i, total = 0, longest = 0, widest = 0, pos
-    cdef int t, nthreads
-    cdef _RunPart parts[MAX_RUN_THREADS]
-    cdef pthread_t tids[MAX_RUN_THREADS]
-    cdef bint started[MAX_RUN_THREADS]
+    container in one
+    call without the GIL: chunk i's payload is lengths[i] bytes at offsets[i] of fd, its
+    sizes[i] original bytes go to out, back to back. Returns (-1, 0, 0) when all decoded, else
+    (i, code, errno) for the first chunk that failed: code a kernel error (see _ERRORS),
+    RUN_SHORT (file truncated) or RUN_IO (errno). Checksums are the caller's."""
+    cdef Py_ssize_t k = offsets.shape[0], i, pos = 0, got, r, total = 0, longest = 0, widest = 0
+    cdef int rc = 0, err = 0
     if lengths.shape[0] != k or codecs.shape[0] != k or sizes.shape[0] != k:
         raise ValueError("chunk arrays differ in length")
-    if k == 0:
-        return (-1, 0, 0)
     for i in range(k):
         if codecs[i] != 0 and codecs[i] != 1 and codecs[i] != 6:
             raise ValueError("only RAW, PLANES and EXPMANT chunks are decoded here")
@@ -240,38 +163,44 @@ def decode_chunks_from_fd(int fd, const int64_t[::1] offsets, const int64_t[::1]
         total += sizes[i]
         longest = max(longest, lengths[i])
         widest = max(widest, sizes[i])
-    nthreads = <int>max(1, min(threads, k, MAX_RUN_THREADS))
-    if total > out.shape[0] or longest * nthreads > payload.shape[0] or \
-            widest * nthreads > scratch.shape[0]:
+    if total > out.shape[0] or longest > payload.shape[0] or widest > scratch.shape[0]:
         raise ValueError("buffers too small for these chunks")
-    pos = 0
-    for t in range(nthreads):
-        parts[t].fd = fd
-        parts[t].offsets = &offsets[0]
-        parts[t].lengths = &lengths[0]
-        parts[t].codecs = &codecs[0]
-        parts[t].sizes = &sizes[0]
-        parts[t].first = k * t // nthreads
-        parts[t].stop = k * (t + 1) // nthreads
-        parts[t].out = &out[pos]
-        for i in range(parts[t].first, parts[t].stop):
-            pos += sizes[i]
-        parts[t].payload = &payload[longest * t]
-        parts[t].scratch = &scratch[widest * t]
-        started[t] = False
+    i = 0
     with nogil:
-        for t in range(1, nthreads):
-            started[t] = pthread_create(&tids[t], NULL, _part_thread, &parts[t]) == 0
-        _decode_part(&parts[0])
-        for t in range(1, nthreads):
-            if started[t]:
-                pthread_join(tids[t], NULL)
-            else:               # no thread: this one decodes that part too
-                _decode_part(&parts[t])
-    for t in range(nthreads):
-        if parts[t].failed >= 0:
-            return (parts[t].failed, parts[t].rc, parts[t].err)
-    return (-1, 0, 0)
+        while i < k:
+            got = 0
+            while got < lengths[i]:
+                r = pread(fd, &payload[got], <size_t>(lengths[i] - got), offsets[i] + got)
+                if r < 0:
+                    if errno == EINTR:
+                        continue
+                    err = errno
+                    rc = RUN_IO
+                    break
+                if r == 0:
+                    rc = RUN_SHORT
+                    break
+                got += r
+            if rc != 0:
+                break
+            if codecs[i] == 0:
+                if lengths[i] != sizes[i]:
+                    rc = ERR_LAYOUT
+                    break
+                memcpy(&out[pos], &payload[0], <size_t>sizes[i])
+            elif codecs[i] == 1:
+                rc = decode_planes(&payload[0], lengths[i], &out[pos], sizes[i], &scratch[0])
+                if rc != 0:
+                    break
+            else:
+                rc = decode_expmant(&payload[0], lengths[i], &out[pos], sizes[i], &scratch[0])
+                if rc != 0:
+                    break
+            pos += sizes[i]
+            i += 1
+    if rc == 0:
+        return (-1, 0, 0)
+    return (i, rc, err)
 
 
 def run_error_message(int code) -> str:

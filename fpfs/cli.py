@@ -591,8 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--cache-size", type=parse_size, default=parse_size("1G"),
                    help="memory for decoded chunks (default 1G)")
     m.add_argument("--threads", type=int, default=None,
-                   help="threads a read decodes its chunks on, and prefetch threads "
-                        "(default: number of cores)")
+                   help="prefetch/decode threads (default: number of cores)")
     m.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH, metavar="CHUNKS",
                    help="chunks decoded ahead of a sequential reader (default "
                         f"{DEFAULT_PREFETCH}; 0 turns prefetch off)")

@@ -29,15 +29,13 @@ class PackedFile:
     def __init__(self, source: Union[str, StoreObject, Container],
                  cache: Optional[ChunkCache] = None,
                  prefetch_pool: Optional[Executor] = None, prefetch: int = DEFAULT_PREFETCH,
-                 root: Optional[str] = None, _depth: int = 0, store: Optional[Store] = None,
-                 run_threads: int = 1):
+                 root: Optional[str] = None, _depth: int = 0, store: Optional[Store] = None):
         """source: a .fpz path or s3:// URL, an opened StoreObject, or an already open
         Container (then shared, not closed separately). root: the top of the tree to look
         for a delta's base in (bases.py); store: where to look (default: the store the
         source came from). A delta's base is opened here too, sharing the cache (so N
         fine-tunes of one base decode each base chunk once); MissingBase if it cannot be
-        found or is not the file the delta was coded against. run_threads: threads a run
-        of whole chunks that a pread needs is decoded on (Container.decode_run_into)."""
+        found or is not the file the delta was coded against."""
         if isinstance(source, str):
             source = (store or store_for(source)).open(source)
         self.container = source if isinstance(source, Container) else Container(source)
@@ -57,7 +55,6 @@ class PackedFile:
                 self.container.close()
             raise
         self._pool = prefetch_pool
-        self._run_threads = run_threads
         self._prefetch = prefetch if prefetch_pool is not None else 0
         self._prefix = np.frombuffer(self.container.prefix, dtype=np.uint8)
         self._next_sequential = -1
@@ -153,8 +150,7 @@ class PackedFile:
                     stop = nstart + nlength
                 t0 = time.perf_counter()
                 self.container.decode_run_into(index, last_in_run,
-                                               memoryview(dst[pos - offset:stop - offset]),
-                                               self._run_threads)
+                                               memoryview(dst[pos - offset:stop - offset]))
                 self.cache.record_direct(stop - pos, time.perf_counter() - t0)
                 index = last_in_run
             else:

@@ -18,25 +18,22 @@ def packed(bf16_fpz_64k):
     return bf16_fpz_64k
 
 
-def _run_bytes(c: Container, first: int, last: int, threads: int = 1) -> bytes:
+def _run_bytes(c: Container, first: int, last: int) -> bytes:
     start, _ = c.chunk_span(first)
     end = sum(c.chunk_span(last))
     out = np.full(end - start, 0xA5, np.uint8)
-    c.decode_run_into(first, last, memoryview(out), threads)
+    c.decode_run_into(first, last, memoryview(out))
     return out.tobytes()
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3, 8])
 @pytest.mark.parametrize("first,count", [(0, 1), (0, 2), (3, 4), (100, 17), (-9, 9)])
-def test_runs_equal_the_original(packed, first, count, threads):
-    """On one thread, or cut into parts decoded on threads of the kernel's own (more threads
-    than chunks: one per chunk)."""
+def test_runs_equal_the_original(packed, first, count):
     original, fpz = packed
     with Container(fpz) as c:
         first = first % len(c)
         last = min(len(c) - 1, first + count - 1)
         start, _ = c.chunk_span(first)
-        assert _run_bytes(c, first, last, threads) == original[start:sum(c.chunk_span(last))]
+        assert _run_bytes(c, first, last) == original[start:sum(c.chunk_span(last))]
 
 
 def test_damaged_payload_names_its_chunk(packed, tmp_path):
@@ -50,29 +47,10 @@ def test_damaged_payload_names_its_chunk(packed, tmp_path):
     bad = tmp_path / "bad.fpz"
     bad.write_bytes(bytes(data))
     with Container(str(bad)) as c:
-        for threads in (1, 2, 4):               # the victim in the first, second, ... part
-            with pytest.raises(CorruptChunk) as exc:
-                _run_bytes(c, 8, 12, threads)
-            assert exc.value.index == victim
-        _run_bytes(c, 0, 7, 2)                  # the chunks before it are fine
-
-
-def test_threads_report_the_first_damaged_chunk(packed, tmp_path):
-    """Two damaged chunks in different parts: the error names the earlier one, whichever
-    thread finished first."""
-    _, fpz = packed
-    data = bytearray(open(fpz, "rb").read())
-    with Container(fpz) as c:
-        for victim in (9, 14):
-            off = int(c.table[victim]["comp_offset"]) + int(c.table[victim]["comp_length"]) // 2
-            data[off] ^= 0x5A
-    bad = tmp_path / "bad2.fpz"
-    bad.write_bytes(bytes(data))
-    with Container(str(bad)) as c:
-        for threads in (1, 2, 3):
-            with pytest.raises(CorruptChunk) as exc:
-                _run_bytes(c, 8, 15, threads)
-            assert exc.value.index == 9
+        with pytest.raises(CorruptChunk) as exc:
+            _run_bytes(c, 8, 12)
+        assert exc.value.index == victim
+        _run_bytes(c, 0, 7)                     # the chunks before it are fine
 
 
 def test_truncated_file_is_an_error(packed, tmp_path):
@@ -108,5 +86,3 @@ def test_kernel_refuses_what_it_cannot_decode(packed):
             _kernels.decode_chunks_from_fd(fd, offsets, lengths, codecs, sizes, out[:10], pay, scr)
         with pytest.raises(ValueError):                       # arrays of different lengths
             _kernels.decode_chunks_from_fd(fd, offsets[:2], lengths, codecs, sizes, out, pay, scr)
-        with pytest.raises(ValueError):                       # buffers for one thread only
-            _kernels.decode_chunks_from_fd(fd, offsets, lengths, codecs, sizes, out, pay, scr, 2)

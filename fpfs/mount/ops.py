@@ -75,9 +75,6 @@ class ReadOperations(fuse.Operations):
         self.cache = ChunkCache(cache_bytes)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fpfs-prefetch")
         self.prefetch = prefetch
-        # A read's run of whole chunks is decoded on this many threads at once: the kernel
-        # keeps ~1.4 requests in flight on a cold sequential read, one core's worth.
-        self.run_threads = max(1, threads)
         self._files: Dict[str, object] = {}           # backing name -> open container
         self._handles: Dict[int, _Handle] = {}
         self._opened: Dict[str, tuple] = {}           # mount path -> identity at last open
@@ -275,8 +272,7 @@ class FpfsOperations(ReadOperations):
             if pf is not None and pf.identity == ident:
                 return pf
         try:
-            pf = PackedFile(real, self.cache, self.pool, self.prefetch, root=self.root,
-                            run_threads=self.run_threads)
+            pf = PackedFile(real, self.cache, self.pool, self.prefetch, root=self.root)
         except FpfsError as exc:
             log.error("cannot open %s: %s", real, exc)
             raise FuseOSError(errno.EIO) from None
