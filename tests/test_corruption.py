@@ -477,6 +477,14 @@ def test_unsupported_version(bf16_sample, tmp_path, version, flags):
             fpfs.verify_file(path)
 
 
+def test_expmant_chunks_need_version_4(bf16_sample, tmp_path):
+    """Codec 6 (EXPMANT) exists from format version 4 on: the same file labelled version 3
+    (CRCs recomputed) is rejected at open, not decoded."""
+    original, packed = bf16_sample
+    path = damaged(tmp_path, forge(packed, header={"version": 3}))
+    assert_rejected_cheaply(path, CorruptContainer, "codec id 6 not allowed")
+
+
 def test_not_a_container(tmp_path):
     for data in (b"", b"\x89FPZ", b"x" * 200, b"\x89FPZ\r\n\x1a\n" + b"\x00" * 200,
                  st_files.pack({}, b"\x00" * 500)):
