@@ -70,6 +70,14 @@ cdef void histogram(const uint8_t* src, Py_ssize_t n, uint32_t* counts) noexcept
         counts[j] = h[0][j] + h[1][j] + h[2][j] + h[3][j]
 
 
+# log2(f) for every frequency 0..4096 (entry 0 unused): the greedy rounding below evaluates
+# it twice per symbol per unit moved, up to a few hundred units for 256-symbol alphabets.
+cdef double _LOG2[PROB_SCALE + 1]
+_LOG2[0] = 0.0
+for _f in range(1, PROB_SCALE + 1):
+    _LOG2[_f] = log2(<double>_f)
+
+
 cdef void normalize_freqs(const uint32_t* counts, Py_ssize_t n, uint32_t* freqs) noexcept nogil:
     """Scale counts to integer frequencies summing to PROB_SCALE, every present symbol >= 1.
 
@@ -93,7 +101,7 @@ cdef void normalize_freqs(const uint32_t* counts, Py_ssize_t n, uint32_t* freqs)
         best_cost = 1e300
         for s in range(256):
             if freqs[s] > 1:
-                cost = counts[s] * (log2(<double>freqs[s]) - log2(<double>(freqs[s] - 1)))
+                cost = counts[s] * (_LOG2[freqs[s]] - _LOG2[freqs[s] - 1])
                 if cost < best_cost:
                     best_cost = cost
                     best = s
@@ -104,7 +112,7 @@ cdef void normalize_freqs(const uint32_t* counts, Py_ssize_t n, uint32_t* freqs)
         best_cost = -1.0
         for s in range(256):
             if counts[s]:
-                cost = counts[s] * (log2(<double>(freqs[s] + 1)) - log2(<double>freqs[s]))
+                cost = counts[s] * (_LOG2[freqs[s] + 1] - _LOG2[freqs[s]])
                 if cost > best_cost:
                     best_cost = cost
                     best = s
@@ -215,7 +223,7 @@ cdef double estimate_bits(const uint32_t* counts, const uint32_t* freqs) noexcep
     cdef double bits = 0.0
     for s in range(256):
         if counts[s]:
-            bits += counts[s] * (SCALE_BITS - log2(<double>freqs[s]))
+            bits += counts[s] * (SCALE_BITS - _LOG2[freqs[s]])
     return bits
 
 
