@@ -28,16 +28,37 @@
 /* One decode-table entry per slot: symbol (bits 0-7), bias = slot - cumulative frequency
    (bits 8-19), frequency - 1 (bits 20-31).  A frequency of 4096 (one symbol only) does not
    fit and is rejected: writers store such a plane CONST. */
+#ifdef FPFS_HAVE_AVX2_KERNELS
+/* tab[k] = first | k << 8 for k < f, eight entries per store. */
+FPFS_AVX2 static inline uint32_t fpfs_r32_fill_avx2(uint32_t *tab, uint32_t first, uint32_t f) {
+    __m256i v = _mm256_add_epi32(_mm256_set1_epi32((int)first),
+                                 _mm256_setr_epi32(0, 256, 512, 768, 1024, 1280, 1536, 1792));
+    const __m256i step = _mm256_set1_epi32(8 << 8);
+    uint32_t k;
+    for (k = 0; k + 8 <= f; k += 8) {
+        _mm256_storeu_si256((__m256i *)(tab + k), v);
+        v = _mm256_add_epi32(v, step);
+    }
+    return k;
+}
+#endif
+
 static inline int fpfs_r32_build(const uint32_t *freqs, uint32_t *tab) {
-    uint32_t cum = 0, f, k;
+    uint32_t cum = 0, f, k, first;
     for (int s = 0; s < 256; s++) {
         f = freqs[s];
         if (!f)
             continue;
         if (f >= FPFS_PROB_SCALE)
             return FPFS_ERR_TABLE;
-        for (k = 0; k < f; k++)
-            tab[cum + k] = (uint32_t)s | (k << 8) | ((f - 1) << 20);
+        first = (uint32_t)s | ((f - 1) << 20);
+        k = 0;
+#ifdef FPFS_HAVE_AVX2_KERNELS
+        if (fpfs_simd_level >= FPFS_SIMD_AVX2)   /* 4096 entries per chunk: ~7 % of F32 decode */
+            k = fpfs_r32_fill_avx2(tab + cum, first, f);
+#endif
+        for (; k < f; k++)
+            tab[cum + k] = first | (k << 8);
         cum += f;
     }
     return FPFS_OK;
