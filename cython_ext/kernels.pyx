@@ -146,9 +146,8 @@ def decode_chunks_from_fd(int fd, const int64_t[::1] offsets, const int64_t[::1]
                           const int64_t[::1] codecs, const int64_t[::1] sizes,
                           uint8_t[::1] out, uint8_t[::1] payload, uint8_t[::1] scratch):
     """Read and decode consecutive RAW (0), PLANES (1) or EXPMANT (6) chunks from a local
-    container in one
-    call without the GIL: chunk i's payload is lengths[i] bytes at offsets[i] of fd, its
-    sizes[i] original bytes go to out, back to back. Returns (-1, 0, 0) when all decoded, else
+    container in one call without the GIL: chunk i's payload is lengths[i] bytes at
+    offsets[i] of fd, its sizes[i] original bytes go to out, back to back. Returns (-1, 0, 0) when all decoded, else
     (i, code, errno) for the first chunk that failed: code a kernel error (see _ERRORS),
     RUN_SHORT (file truncated) or RUN_IO (errno). Checksums are the caller's."""
     cdef Py_ssize_t k = offsets.shape[0], i, pos = 0, got, r, total = 0, longest = 0, widest = 0

@@ -17,9 +17,9 @@ from typing import Callable, Dict, Optional, Tuple
 
 from .blocks import BLOCK_TYPES, BlocksCodec, block_type
 from .delta import DeltaCodec
-from .expmant import DTYPES as EXPMANT_DTYPES, ExpMantCodec
 from .dtypes import DTYPE_CODES, DTYPE_NAMES, dtype_code, dtype_name, plane_layout
 from .errors import DecodeError
+from .expmant import DTYPES as EXPMANT_DTYPES, ExpMantCodec
 from .general import LEVEL_TYPED, LEVEL_UNTYPED, ZstdCodec
 from .masked import MaskedCodec
 from .planes import DEFAULT_MIN_SAVING_PPM, PlanesCodec, RawCodec, scratch
