@@ -42,21 +42,28 @@ def test_round_trip_and_misses(tmp_path):
     assert read(cache, "a", 999) is None        # another length: not this entry
 
 
+def damage_entry(path: str, damage: str, flip_at: int, cut: int) -> None:
+    """Damage a cache entry file: flip a payload bit at flip_at, cut the last `cut` bytes,
+    empty it (renamed into place, never written: power loss), break its header, or
+    ("none") leave it alone."""
+    data = bytearray(open(path, "rb").read())
+    if damage == "flip":
+        data[ENTRY.size + flip_at] ^= 1
+    elif damage == "truncate":
+        data = data[:-cut]
+    elif damage == "empty":
+        data = bytearray()
+    elif damage == "header":
+        data[0] ^= 0xFF
+    open(path, "wb").write(data)
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "header"])
 def test_damaged_entry_is_dropped_never_served(tmp_path, damage, caplog):
     cache = DiskCache(str(tmp_path), 1 << 20)
     cache.put("k", payload(2))
     (path,) = entry_files(str(tmp_path))
-    data = bytearray(open(path, "rb").read())
-    if damage == "flip":
-        data[ENTRY.size + 500] ^= 1
-    elif damage == "truncate":
-        data = data[:-10]
-    elif damage == "empty":               # renamed into place, never written (power loss)
-        data = bytearray()
-    else:
-        data[0] ^= 0xFF
-    open(path, "wb").write(data)
+    damage_entry(path, damage, flip_at=500, cut=10)
     with caplog.at_level(logging.WARNING, "fpfs.store"):
         assert read(cache, "k") is None
     assert not os.path.exists(path)
@@ -71,16 +78,7 @@ def test_get_any_length_checks_every_entry(tmp_path, damage):
     cache = DiskCache(str(tmp_path), 1 << 20)
     cache.put("m", payload(3, 777))
     (path,) = entry_files(str(tmp_path))
-    data = bytearray(open(path, "rb").read())
-    if damage == "flip":
-        data[ENTRY.size + 5] ^= 1
-    elif damage == "truncate":
-        data = data[:-1]
-    elif damage == "empty":
-        data = bytearray()
-    elif damage == "header":
-        data[0] ^= 0xFF
-    open(path, "wb").write(data)
+    damage_entry(path, damage, flip_at=5, cut=1)
     if damage == "none":
         assert cache.get("m", 777) == payload(3, 777)
         assert cache.get("m", 776) is None          # longer than the caller allows
