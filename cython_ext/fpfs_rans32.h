@@ -41,7 +41,7 @@ FPFS_AVX2 static inline uint32_t fpfs_r32_fill_avx2(uint32_t *tab, uint32_t firs
 #endif
 
 /* One decode-table entry per slot: symbol (bits 0-7), bias = slot - cumulative frequency
-   (bits 8-19), frequency - 1 (bits 20-31).  A frequency of 4096 (one symbol only) does not
+   (bits 8-19), frequency (bits 20-31).  A frequency of 4096 (one symbol only) does not
    fit and is rejected: writers store such a plane CONST. */
 static inline int fpfs_r32_build(const uint32_t *freqs, uint32_t *tab) {
     uint32_t cum = 0, f, k, first;
@@ -51,7 +51,7 @@ static inline int fpfs_r32_build(const uint32_t *freqs, uint32_t *tab) {
             continue;
         if (f >= FPFS_PROB_SCALE)
             return FPFS_ERR_TABLE;
-        first = (uint32_t)s | ((f - 1) << 20);
+        first = (uint32_t)s | (f << 20);
         k = 0;
 #ifdef FPFS_HAVE_AVX2_KERNELS
         if (fpfs_simd_level >= FPFS_SIMD_AVX2)   /* 4096 entries per chunk: 2-5 % of F32 decode */
@@ -67,7 +67,7 @@ static inline int fpfs_r32_build(const uint32_t *freqs, uint32_t *tab) {
 static inline uint32_t fpfs_r32_dsym(uint32_t x, const uint32_t *tab, uint8_t *o) {
     uint32_t e = tab[x & (FPFS_PROB_SCALE - 1)];
     *o = (uint8_t)e;
-    return ((e >> 20) + 1) * (x >> FPFS_SCALE_BITS) + ((e >> 8) & (FPFS_PROB_SCALE - 1));
+    return (e >> 20) * (x >> FPFS_SCALE_BITS) + ((e >> 8) & (FPFS_PROB_SCALE - 1));
 }
 
 /* Whole steps of 32 symbols, portable, no bounds checks while *pp <= stop (the caller
@@ -129,7 +129,7 @@ fpfs_r32_avx2_lanes(__m256i *xs, const int *tab, const uint8_t **pp) {
     lo = _mm_insert_epi32(lo, tab[slot[3]], 3);
     hi = _mm_insert_epi32(hi, tab[slot[7]], 3);
     __m256i e = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-    __m256i f = _mm256_add_epi32(_mm256_srli_epi32(e, 20), _mm256_set1_epi32(1));
+    __m256i f = _mm256_srli_epi32(e, 20);
     __m256i b = _mm256_and_si256(_mm256_srli_epi32(e, 8), slot_mask);
     x = _mm256_add_epi32(_mm256_mullo_epi32(f, _mm256_srli_epi32(x, FPFS_SCALE_BITS)), b);
     __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(x, 16), _mm256_setzero_si256());

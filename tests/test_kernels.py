@@ -453,3 +453,32 @@ def test_libfuzzer_regressions_are_rejected():
         n = int.from_bytes(data[:3], "little") & 0xFFFFF
         with pytest.raises(_kernels.KernelError):
             _kernels.decode_planes_into(data[3:], bytearray(n), bytearray(n))
+
+
+# -- repeated_words: what decides whether zstd is tried on one-byte chunks ------------------
+def repeated_words_reference(data: bytes) -> int:
+    table = [0] * 4096
+    hits = 0
+    for i in range(len(data) // 8):
+        w = int.from_bytes(data[8 * i:8 * i + 8], "little")
+        h = ((w * 0x9E3779B97F4A7C15) & (2**64 - 1)) >> 52
+        hits += table[h] == w
+        table[h] = w
+    return hits
+
+
+@SETTINGS
+@given(st.binary(max_size=4096), st.integers(0, 7))
+def test_repeated_words_matches_reference(data, repeats):
+    data = data + data[:8 * repeats] * repeats       # some exact repeats too
+    assert _kernels.repeated_words(data) == repeated_words_reference(data)
+
+
+def test_repeated_words_sees_repeats_not_skew():
+    rng = np.random.default_rng(7)
+    # skewed like FP8 weights (about 6 bits per byte): 48-bit words do not repeat
+    assert _kernels.repeated_words(skewed(rng, 1 << 18, alphabet=128, scale=20)) == 0
+    row = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+    assert _kernels.repeated_words(row * 100) == 99 * 8
+    assert _kernels.repeated_words(bytes(4096)) == 512
+    assert _kernels.repeated_words(b"1234567") == 0
