@@ -34,12 +34,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench._common import best_time  # noqa: E402  (first: it settles BLAS threads)
+
 import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 import zstandard  # noqa: E402
 
 import fpfs.kv  # noqa: E402
-from bench._common import best_time  # noqa: E402
 from tests.weights import MODEL_DIR, cast_fp8  # noqa: E402
 
 TEXT_MODULES = (

@@ -28,6 +28,7 @@ VERSION = 4                 # written; versions 1 to 4 are read
 READABLE_VERSIONS = (1, 2, 3, 4)   # 3: rANS32 planes (PLANES mode 3); 4: codec 6 EXPMANT
 # Codecs that decode_chunks_from_fd decodes (a run of them is one call without the GIL).
 _FUSED_CODECS = frozenset((CODEC_RAW, CODEC_PLANES, CODEC_EXPMANT))
+RUN_SLICE_BYTES = 1 << 20   # original bytes decoded per call before their checksums
 FLAG_BASE = 0x1             # v2: a base section follows the header (a delta file)
 HEADER = struct.Struct("<8sHHIQQII")          # magic version flags chunk_size orig_size prefix_len crc zero
 TRAILER = struct.Struct("<QQQ32sII8s")         # table_off count orig_size sha256 table_crc trailer_crc end
@@ -305,6 +306,20 @@ class Container:
                 self.decode_into(i, out[pos:pos + n])
                 pos += n
             return
+        # Slices of RUN_SLICE_BYTES, each checksummed right after it is decoded, while it
+        # is still in cache (a whole-file read() is one run: checksumming 45 MB after
+        # decoding it all read it back from memory).
+        pos = 0
+        while first <= last:
+            stop, span = first, self._orig_lengths[first]
+            while stop < last and span + self._orig_lengths[stop + 1] <= RUN_SLICE_BYTES:
+                stop += 1
+                span += self._orig_lengths[stop]
+            self._decode_slice(fd, first, stop, out[pos:pos + span])
+            pos += span
+            first = stop + 1
+
+    def _decode_slice(self, fd: int, first: int, last: int, out: memoryview) -> None:
         offsets, lengths, codecs, sizes = (a[first:last + 1] for a in self._run_fields)
         payload = _payload_buffer(max(lengths), self.chunk_size)
         failed, code, err = _kernels.decode_chunks_from_fd(

@@ -53,6 +53,26 @@ def test_damaged_payload_names_its_chunk(packed, tmp_path):
         _run_bytes(c, 0, 7)                     # the chunks before it are fine
 
 
+def test_long_run_checks_every_slice(packed, tmp_path):
+    """A run longer than RUN_SLICE_BYTES is decoded and checksummed slice by slice: damage
+    in a later slice is still that chunk's error."""
+    from fpfs.container import RUN_SLICE_BYTES
+    _, fpz = packed
+    data = bytearray(open(fpz, "rb").read())
+    with Container(fpz) as c:
+        per_slice = RUN_SLICE_BYTES // c.chunk_size
+        victim = per_slice + 3
+        assert victim + 2 < len(c)
+        entry = c.table[victim]
+        data[int(entry["comp_offset"]) + int(entry["comp_length"]) // 2] ^= 0x5A
+    bad = tmp_path / "bad.fpz"
+    bad.write_bytes(bytes(data))
+    with Container(str(bad)) as c:
+        with pytest.raises(CorruptChunk) as exc:
+            _run_bytes(c, 0, victim + 2)
+        assert exc.value.index == victim
+
+
 def test_truncated_file_is_an_error(packed, tmp_path):
     _, fpz = packed
     with Container(fpz) as c:
