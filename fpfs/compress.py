@@ -231,14 +231,16 @@ def _write_container(fd, layout, file, chunk_size, threads, progress, min_saving
     return writer.finish(sha.digest())
 
 
-def verified_original(packed: PackedFile, progress: Progress = None) -> Iterator[memoryview]:
+def verified_original(packed: PackedFile, progress: Progress = None,
+                      sink: Optional[Callable[[int, memoryview], object]] = None
+                      ) -> Iterator[memoryview]:
     """The original bytes of an open container in order (decoded on all cores; each piece
     valid until the next is taken), every chunk checksum-verified; raises CorruptContainer
     after the last piece if the whole-file SHA-256 differs (so a consumer must not publish
-    what it got before the iteration completes)."""
+    what it got before the iteration completes). sink: see parallel.iter_original."""
     sha = hashlib.sha256()
     done = 0
-    for piece in parallel.iter_original(packed):
+    for piece in parallel.iter_original(packed, sink=sink):
         sha.update(piece)
         yield piece
         done += len(piece)
@@ -264,10 +266,22 @@ def verify_file(path: str, progress: Progress = None, root: Optional[str] = None
 
 
 def write_original(packed: PackedFile, out: BinaryIO, progress: Progress = None) -> None:
-    """Write the original bytes of an open container to out (raises CorruptContainer at
-    the end on a hash mismatch: the caller must then discard what it wrote)."""
-    for piece in verified_original(packed, progress):
-        out.write(piece)
+    """Write the original bytes of an open container to out from its current position
+    (raises CorruptContainer at the end on a hash mismatch: the caller must then discard
+    what it wrote). The decoding threads write their pieces themselves (pwrite), so the
+    writes run beside the whole-file SHA-256, which this thread computes in order."""
+    out.flush()
+    fd, start = out.fileno(), out.tell()
+
+    def put(offset: int, piece: memoryview) -> None:
+        pos = start + offset
+        while piece:
+            n = os.pwrite(fd, piece, pos)
+            piece, pos = piece[n:], pos + n
+
+    for _ in verified_original(packed, progress, sink=put):
+        pass
+    out.seek(start + packed.size)
 
 
 def decompress_file(src: str, dst: str, progress: Progress = None,

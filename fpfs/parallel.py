@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Tuple
+
+import numpy as np
 
 from .errors import CorruptContainer
 
@@ -100,30 +102,41 @@ def read_into(packed: "PackedFile", offset: int, out, threads: Optional[int] = N
 
 
 def iter_original(packed: "PackedFile", threads: Optional[int] = None,
-                  piece_bytes: int = 4 * PIECE_BYTES) -> Iterator[memoryview]:
+                  piece_bytes: int = PIECE_BYTES,
+                  sink: Optional[Callable[[int, memoryview], object]] = None
+                  ) -> Iterator[memoryview]:
     """All original bytes in order, as views of reused buffers (each valid until the next
     one is taken), decoded ahead on the pool: up to `threads` pieces in flight. Every chunk
-    is checksum-verified (the caller checks the whole-file hash)."""
+    is checksum-verified (the caller checks the whole-file hash). sink(offset, piece), when
+    given, runs on the decoding thread right after each piece is decoded (fpfs decompress
+    writes the file there, in parallel, while the caller hashes in order)."""
     threads = threads or default_threads()
     spans = pieces(packed, 0, packed.size, piece_bytes)
     longest = max((b - a for a, b in spans), default=0)   # > piece_bytes for huge chunks
+
+    def decode(offset: int, view: memoryview) -> None:
+        _read_exact(packed, offset, view)
+        if sink is not None:
+            sink(offset, view)
+
     if threads == 1 or len(spans) < 2:
-        buf = bytearray(longest)
+        buf = np.empty(longest, np.uint8)
         for a, b in spans:
             view = memoryview(buf)[:b - a]
-            _read_exact(packed, a, view)
+            decode(a, view)
             yield view
             view.release()
         return
     pool = decode_pool()
-    window = threads + 1                       # one being consumed, `threads` decoding
-    free = [bytearray(longest) for _ in range(window)]
-    in_flight: List[Tuple[Future, memoryview, bytearray]] = []
+    # `threads` decoding while the caller consumes one and the next waits for it
+    window = threads + 2
+    free = [np.empty(longest, np.uint8) for _ in range(window)]   # no zero-fill
+    in_flight: List[Tuple[Future, memoryview, np.ndarray]] = []
 
     def submit(span: Tuple[int, int]) -> None:
         buf = free.pop()
         view = memoryview(buf)[:span[1] - span[0]]
-        in_flight.append((pool.submit(_read_exact, packed, span[0], view), view, buf))
+        in_flight.append((pool.submit(decode, span[0], view), view, buf))
 
     todo = iter(spans)
     try:
