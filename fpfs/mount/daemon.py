@@ -3,6 +3,7 @@ and the kernel readahead that lets buffered reads arrive as 1 MiB requests."""
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import socket
@@ -177,6 +178,9 @@ def run(backing: str, mountpoint: str, cache_bytes: int, threads: int,
         ops.attr_timeout = 0.0
     if allow_other:
         options["allow_other"] = True
+    # Everything allocated so far lives as long as the daemon: out of the cyclic GC's
+    # full collections, which otherwise walk it all every few thousand requests.
+    gc.freeze()
     try:
         _FUSE(ops, mountpoint, raw_fi=True, **options)
     except RuntimeError as exc:
