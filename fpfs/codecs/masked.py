@@ -35,10 +35,10 @@ class MaskedCodec:
         if n == 0:
             return None
         elements = np.frombuffer(data, dtype=_UINT[width])
-        nonzero = elements != 0
-        k = int(np.count_nonzero(nonzero))
+        k = int(np.count_nonzero(elements))       # most chunks stop here: no mask built
         if k > (1 - MIN_ZERO_SHARE) * elements.size:
             return None
+        nonzero = elements != 0
         mask = np.packbits(nonzero, bitorder="little")
         mask_codec, mask_body = smallest(memoryview(mask), "U8", min_saving_ppm)
         values = np.ascontiguousarray(elements[nonzero]).view(np.uint8)
