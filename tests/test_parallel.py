@@ -78,6 +78,40 @@ def test_decompress_and_verify_whole_file(packed_bf16, tmp_path):
     fpfs.verify_file(fpz)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sink_sees_every_piece_at_its_offset(packed_bf16, threads):
+    """The decode threads hand each piece to the sink (decompress writes it there) before
+    the caller gets it, in any order, each piece once, at its own offset."""
+    original, fpz = packed_bf16
+    seen = {}
+    packed = PackedFile(fpz)
+    try:
+        pieces = [bytes(p) for p in parallel.iter_original(
+            packed, threads, piece_bytes=1 << 20,
+            sink=lambda off, view: seen.setdefault(off, bytes(view)))]
+    finally:
+        packed.close()
+    assert b"".join(pieces) == original
+    assert b"".join(seen[k] for k in sorted(seen)) == original
+
+
+def test_write_original_from_the_current_position(packed_bf16, tmp_path):
+    """write_original writes at the file's position (pwrite from the decode threads) and
+    leaves the position after the last byte, as a sequential writer would."""
+    original, fpz = packed_bf16
+    path = tmp_path / "out"
+    packed = PackedFile(fpz)
+    try:
+        with open(path, "wb") as out:
+            out.write(b"head")
+            fpfs.compress.write_original(packed, out)
+            assert out.tell() == 4 + len(original)
+            out.write(b"tail")
+    finally:
+        packed.close()
+    assert path.read_bytes() == b"head" + original + b"tail"
+
+
 def test_pieces_longer_than_the_piece_size(tmp_path):
     """Chunks of 8 MiB, larger than a piece: iter_original's buffers fit the longest."""
     src = real_weights_file("F32", str(tmp_path))
