@@ -78,7 +78,7 @@ def test_decompress_and_verify_whole_file(packed_bf16, tmp_path):
     fpfs.verify_file(fpz)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [0, 1, 2])
 def test_sink_sees_every_piece_at_its_offset(packed_bf16, threads):
     """The decode threads hand each piece to the sink (decompress writes it there) before
     the caller gets it, in any order, each piece once, at its own offset."""
