@@ -19,29 +19,24 @@ DEFAULT_MIN_SAVING_PPM = 10_000
 _local = threading.local()
 
 
-def _reused(name: str, n: int) -> np.ndarray:
-    """This thread's buffer `name`, at least n bytes (reused: a fresh one per chunk costs
-    an allocation and a zero-fill, or page faults, every time)."""
-    buf = getattr(_local, name, None)
+def scratch(n: int) -> np.ndarray:
+    """A per-thread work buffer of at least n bytes (reused: allocation would dominate)."""
+    buf = getattr(_local, "buf", None)
     if buf is None or buf.size < n:
         buf = np.empty(max(n, 1 << 18), dtype=np.uint8)
-        setattr(_local, name, buf)
+        _local.buf = buf
     return buf
-
-
-def scratch(n: int) -> np.ndarray:
-    """A per-thread work buffer of at least n bytes."""
-    return _reused("buf", n)
 
 
 def encode_with(encoder, n: int) -> Optional[bytes]:
     """Run a kernel encoder, encoder(scratch, dst) -> size, into a buffer of the raw size n:
     the payload, or None when it would not be smaller than the raw chunk (size 0)."""
-    dst = _reused("dst", n)[:n]
+    dst = bytearray(n)
     size = encoder(scratch(n), dst)
     if size == 0:
         return None
-    return dst[:size].tobytes()
+    del dst[size:]
+    return bytes(dst)
 
 
 def decode_with(decoder, payload, out: memoryview) -> None:
