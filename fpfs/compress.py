@@ -266,10 +266,11 @@ def verify_file(path: str, progress: Progress = None, root: Optional[str] = None
 
 
 def write_original(packed: PackedFile, out: BinaryIO, progress: Progress = None) -> None:
-    """Write the original bytes of an open container to out from its current position
-    (raises CorruptContainer at the end on a hash mismatch: the caller must then discard
-    what it wrote). The decoding threads write their pieces themselves (pwrite), so the
-    writes run beside the whole-file SHA-256, which this thread computes in order."""
+    """Write the original bytes of an open container to out, a regular file, from its
+    current position (raises CorruptContainer at the end on a hash mismatch: the caller
+    must then discard what it wrote). The decoding threads write their pieces themselves
+    (pwrite on out's descriptor), so the writes run beside the whole-file SHA-256, which
+    this thread computes in order."""
     out.flush()
     fd, start = out.fileno(), out.tell()
 
