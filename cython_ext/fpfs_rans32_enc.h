@@ -35,21 +35,29 @@ static void fpfs_r32_init_enc(void) {
     }
 }
 
+/* t[sym[0]], ..., t[sym[7]] as one vector. */
+FPFS_AVX2 static inline __m256i fpfs_r32_load8(const int *t, const uint8_t *sym) {
+    __m128i lo = _mm_cvtsi32_si128(t[sym[0]]), hi = _mm_cvtsi32_si128(t[sym[4]]);
+    lo = _mm_insert_epi32(lo, t[sym[1]], 1);
+    hi = _mm_insert_epi32(hi, t[sym[5]], 1);
+    lo = _mm_insert_epi32(lo, t[sym[2]], 2);
+    hi = _mm_insert_epi32(hi, t[sym[6]], 2);
+    lo = _mm_insert_epi32(lo, t[sym[3]], 3);
+    hi = _mm_insert_epi32(hi, t[sym[7]], 3);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+}
+
 /* One group of 8 lanes of one step: symbols sym[0..7] into states *xs. */
 FPFS_AVX2 static inline void fpfs_r32_enc_lanes(__m256i *xs, const uint8_t *sym,
                                                 const int *fc, const float *rcp,
                                                 uint8_t **pp) {
     const __m256i low12 = _mm256_set1_epi32(0xFFF), low16 = _mm256_set1_epi32(0xFFFF);
     __m256i x = *xs;
-    /* eight scalar loads per table, not vpgatherdd: faster on AMD Zen 3 (as in the decoder) */
-    int32_t ev[8] __attribute__((aligned(32)));
-    float rv[8] __attribute__((aligned(32)));
-    for (int j = 0; j < 8; j++) {
-        ev[j] = fc[sym[j]];
-        rv[j] = rcp[sym[j]];
-    }
-    __m256i e = _mm256_load_si256((const __m256i *)ev);
-    __m256 r = _mm256_load_ps(rv);
+    /* eight scalar loads per table, not vpgatherdd (faster on AMD Zen 3, as in the
+       decoder), inserted into registers: stored and reloaded as one vector, they would
+       fail store-to-load forwarding each time */
+    __m256i e = fpfs_r32_load8(fc, sym);
+    __m256 r = _mm256_castsi256_ps(fpfs_r32_load8((const int *)rcp, sym));
     __m256i f = _mm256_and_si256(e, low12);
     __m256i cum = _mm256_srli_epi32(e, 16);
     /* renormalise: lanes with x >= f << 20 emit their low word */

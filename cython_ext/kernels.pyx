@@ -6,6 +6,9 @@ sizes before dropping the GIL; the decoders validate every table and length in t
 payload before their unchecked inner loops.
 """
 
+from cpython.ref cimport PyObject
+from cpython.mem cimport PyMem_RawMalloc, PyMem_RawFree
+
 include "rans.pxi"
 include "planes.pxi"
 include "expmant.pxi"
@@ -56,12 +59,43 @@ def _check_width(int width, int rot):
         raise ValueError("rotation %d out of range for width %d" % (rot, width))
 
 
-def encode_planes_into(const uint8_t[::1] src, int width, int rot,
-                       uint8_t[::1] scratch, uint8_t[::1] dst,
-                       Py_ssize_t min_saving_ppm=0, int coder=PLANE_RANS32) -> int:
-    """Encode src as a PLANES payload into dst. Returns its size, or 0 if it would not be
-    smaller than len(dst) (store the chunk raw then). coder: the plane mode of coded
-    planes, 3 (rANS32, what fpfs writes) or 1 (the rANS of format versions 1 and 2)."""
+# Encoders return their payload as a new bytes object, written in place and shrunk to its
+# size: no zero-filled buffer and no copy (a bytearray, trimmed and copied into bytes, cost
+# 150-240 us per 256 KiB chunk here - page faults on two fresh buffers and the copy).
+cdef extern from "Python.h":
+    PyObject* _new_bytes "PyBytes_FromStringAndSize"(const char* v, Py_ssize_t n) except NULL
+    int _PyBytes_Resize(PyObject** b, Py_ssize_t n) except -1
+    char* _bytes_data "PyBytes_AS_STRING"(PyObject* b)
+    void _decref "Py_DECREF"(PyObject* o)
+
+
+# glibc serves blocks above its mmap threshold (128 KiB at start) with fresh mappings, and
+# raises the threshold to the size of any mapped block freed. Encoder outputs are
+# allocated at the chunk's size (256 KiB) and shrunk, so until some larger block is freed
+# every one would be a new mapping whose pages fault in (on this VM often host faults:
+# F32 compress 0.90 -> 0.63 GB/s in bench_codec). Freeing one 4 MiB block here raises the
+# threshold as any larger temporary buffer would; other allocators ignore this.
+PyMem_RawFree(PyMem_RawMalloc(4 << 20))
+
+
+cdef object _payload(PyObject* out, Py_ssize_t size):
+    """The first size bytes of out (a new bytes object nothing else refers to, consumed),
+    or None for size 0 (the encoder found coding does not pay)."""
+    if size == 0:
+        _decref(out)
+        return None
+    _PyBytes_Resize(&out, size)          # shrinks in place; frees out if it raises
+    result = <object>out
+    _decref(out)
+    return result
+
+
+def planes_payload(const uint8_t[::1] src, int width, int rot, uint8_t[::1] scratch,
+                   Py_ssize_t min_saving_ppm=0, int coder=PLANE_RANS32,
+                   Py_ssize_t cap=-1):
+    """A PLANES payload for src (bytes), or None if it would not be smaller than cap bytes
+    (default len(src): store the chunk raw then). coder: the plane mode of coded planes,
+    3 (rANS32, what fpfs writes) or 1 (the rANS of format versions 1 and 2)."""
     cdef Py_ssize_t n = src.shape[0], r
     _check_width(width, rot)
     if n % width:
@@ -72,12 +106,14 @@ def encode_planes_into(const uint8_t[::1] src, int width, int rot,
         raise ValueError("min_saving_ppm must be within 0..1000000")
     if coder != PLANE_RANS and coder != PLANE_RANS32:
         raise ValueError("coder must be 1 or 3, not %d" % coder)
-    if n == 0 or dst.shape[0] == 0:
-        return 0
+    cap = n if cap < 0 else cap
+    if n == 0 or cap == 0:
+        return None
+    cdef PyObject* out = _new_bytes(NULL, cap)
+    cdef uint8_t* dst = <uint8_t*>_bytes_data(out)
     with nogil:
-        r = encode_planes(&src[0], n, width, rot, &scratch[0], &dst[0], dst.shape[0],
-                          min_saving_ppm, coder)
-    return r
+        r = encode_planes(&src[0], n, width, rot, &scratch[0], dst, cap, min_saving_ppm, coder)
+    return _payload(out, r)
 
 
 def decode_planes_into(const uint8_t[::1] payload, uint8_t[::1] out, uint8_t[::1] scratch):
@@ -98,20 +134,22 @@ def decode_planes_into(const uint8_t[::1] payload, uint8_t[::1] out, uint8_t[::1
         _raise(rc)
 
 
-def encode_expmant_into(const uint8_t[::1] src, uint8_t[::1] scratch, uint8_t[::1] dst) -> int:
-    """Encode src (BF16, an even number of bytes) as an EXPMANT payload into dst. Returns its
-    size, or 0 when the chunk does not fit the format's exponent window or the payload would
-    not be smaller than len(dst)."""
+def expmant_payload(const uint8_t[::1] src, uint8_t[::1] scratch):
+    """An EXPMANT payload for src (BF16, an even number of bytes) as bytes, or None when the
+    chunk does not fit the format's exponent window or the payload would not be smaller
+    than src."""
     cdef Py_ssize_t n = src.shape[0], r
     if n % 2:
         raise ValueError("%d bytes is not a whole number of BF16 elements" % n)
     if scratch.shape[0] < n:
         raise ValueError("scratch buffer too small")
-    if n == 0 or dst.shape[0] == 0:
-        return 0
+    if n == 0:
+        return None
+    cdef PyObject* out = _new_bytes(NULL, n)
+    cdef uint8_t* dst = <uint8_t*>_bytes_data(out)
     with nogil:
-        r = encode_expmant(&src[0], n, &scratch[0], &dst[0], dst.shape[0])
-    return r
+        r = encode_expmant(&src[0], n, &scratch[0], dst, n)
+    return _payload(out, r)
 
 
 def decode_expmant_into(const uint8_t[::1] payload, uint8_t[::1] out, uint8_t[::1] scratch):
@@ -247,14 +285,15 @@ def rans_encode_bytes(const uint8_t[::1] src, int coder=PLANE_RANS) -> bytes:
         raise ValueError("coder must be 1 or 3, not %d" % coder)
     if n == 0:
         return b""
-    buf = bytearray(n)
-    cdef uint8_t[::1] dst = buf
+    cdef PyObject* out = _new_bytes(NULL, n)
+    cdef uint8_t* dst = <uint8_t*>_bytes_data(out)
     with nogil:
         if coder == PLANE_RANS32:
-            r = rans32_encode(&src[0], n, &dst[0], n)
+            r = rans32_encode(&src[0], n, dst, n)
         else:
-            r = rans_encode(&src[0], n, &dst[0], n)
-    return bytes(buf[:r])
+            r = rans_encode(&src[0], n, dst, n)
+    stream = _payload(out, r)
+    return b"" if stream is None else stream
 
 
 def rans_decode_bytes(const uint8_t[::1] stream, Py_ssize_t n, int coder=PLANE_RANS) -> bytes:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fpfs import _kernels
-from fpfs._kernels import (KernelError, decode_planes_into, encode_planes_into,
+from fpfs._kernels import (KernelError, decode_planes_into, planes_payload,
                            normalized_freqs, rans_decode_bytes, rans_encode_bytes)
 
 SETTINGS = settings(max_examples=300, deadline=None,
@@ -29,12 +29,10 @@ def skewed(rng: np.random.Generator, n: int, alphabet: int = 16, scale: float = 
 
 
 def encode_planes(data: bytes, width: int, rot: int, cap: int = None) -> bytes:
-    """A PLANES payload; with a roomy dst the encoder always writes one (RAW planes at worst)."""
+    """A PLANES payload; with a roomy cap the encoder always writes one (RAW planes at worst)."""
     cap = cap if cap is not None else 2 * len(data) + 64
-    dst = np.zeros(cap, dtype=np.uint8)
     scratch = np.empty(max(len(data), 1), dtype=np.uint8)
-    size = encode_planes_into(data, width, rot, scratch, dst)
-    return dst[:size].tobytes()
+    return planes_payload(data, width, rot, scratch, cap=cap) or b""
 
 
 def decode_planes(payload: bytes, n: int) -> bytes:
@@ -356,16 +354,15 @@ def test_planes_incompressible_returns_zero_with_tight_cap():
 
 def test_planes_argument_validation():
     scratch = np.empty(64, dtype=np.uint8)
-    dst = np.empty(256, dtype=np.uint8)
     for width, rot in ((3, 0), (0, 0), (16, 0), (2, 16), (1, 8), (4, -1)):
         with pytest.raises(ValueError):
-            encode_planes_into(b"\x00" * 48, width, rot, scratch, dst)
+            planes_payload(b"\x00" * 48, width, rot, scratch)
     with pytest.raises(ValueError):
-        encode_planes_into(b"\x00" * 7, 2, 0, scratch, dst)          # not whole elements
+        planes_payload(b"\x00" * 7, 2, 0, scratch)                   # not whole elements
     with pytest.raises(ValueError):
-        encode_planes_into(b"\x00" * 128, 1, 0, scratch, dst)        # scratch too small
-    assert encode_planes_into(b"", 4, 0, scratch, dst) == 0
-    assert encode_planes_into(b"\x00" * 16, 2, 0, scratch, dst[:0]) == 0
+        planes_payload(b"\x00" * 128, 1, 0, scratch)                 # scratch too small
+    assert planes_payload(b"", 4, 0, scratch) is None
+    assert planes_payload(b"\x00" * 16, 2, 0, scratch, cap=0) is None
     out = np.empty(128, dtype=np.uint8)
     with pytest.raises(ValueError):
         decode_planes_into(b"\x01\x00", out, scratch)                # scratch too small

@@ -73,15 +73,14 @@ def test_simd_encoder_writes_the_scalar_bytes(seed, n, alphabet, scale):
 def test_simd_encoder_gives_up_where_the_scalar_one_does(cap_slack):
     """Room for the stream only just there (or not): the AVX2 steps stop 80 bytes short of
     the limit and leave the rest to the scalar loop, which decides exactly as before."""
-    from fpfs._kernels import encode_planes_into
+    from fpfs._kernels import planes_payload
     data = np.frombuffer(skewed(np.random.default_rng(3), 8192, 40, 6.0), np.uint8)
     full = rans_encode_bytes(data.tobytes(), RANS32)
     results = set()
     for name in each_kernel():
         # plane payload: 2 + 5 header bytes, then the stream; cap just around its size
-        dst = np.zeros(7 + len(full) + cap_slack - 40, np.uint8)
-        size = encode_planes_into(data, 1, 0, np.empty(8192, np.uint8), dst, 0, RANS32)
-        results.add((size, dst[:size].tobytes()))
+        results.add(planes_payload(data, 1, 0, np.empty(8192, np.uint8), 0, RANS32,
+                                   cap=7 + len(full) + cap_slack - 40))
     assert len(results) == 1
 
 
@@ -167,10 +166,8 @@ def test_planes_payloads_of_both_stream_kinds_decode():
     rng = np.random.default_rng(9)
     values = (rng.normal(0, 0.02, 40000).astype(np.float32)).tobytes()
     for coder in (1, RANS32):
-        dst = np.zeros(2 * len(values), dtype=np.uint8)
-        size = _kernels.encode_planes_into(values, 4, 1, np.empty(len(values), np.uint8), dst,
-                                           0, coder)
-        payload = dst[:size].tobytes()
+        payload = _kernels.planes_payload(values, 4, 1, np.empty(len(values), np.uint8), 0,
+                                          coder, cap=2 * len(values))
         assert coder in payload[2:2 + 5 * 4:5]
         assert _reference.decode_planes(payload, len(values)) == values
         for _ in each_kernel():
@@ -183,9 +180,8 @@ def test_planes_payloads_of_both_stream_kinds_decode():
 @pytest.mark.parametrize("n", [1, 31, 32, 33, 1000])
 def test_simd_merges_match_portable(width, rot, n):
     data = np.random.default_rng(n + width).integers(0, 256, n * width, dtype=np.uint8).tobytes()
-    dst = np.zeros(2 * len(data) + 64, dtype=np.uint8)
-    size = _kernels.encode_planes_into(data, width, rot, np.empty(len(data), np.uint8), dst)
-    payload = dst[:size].tobytes()
+    payload = _kernels.planes_payload(data, width, rot, np.empty(len(data), np.uint8),
+                                      cap=2 * len(data) + 64)
     for _ in each_kernel():
         out = np.full(len(data), 0xA5, np.uint8)
         _kernels.decode_planes_into(payload, out, np.empty(len(data), np.uint8))

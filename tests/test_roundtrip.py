@@ -369,7 +369,7 @@ def test_zstd_tried_on_one_byte_chunks_only_where_it_may_pay():
     compress time to save 0.01 % of the file); a chunk of repeated rows (a K/V cache of
     repeated tokens) goes to zstd, which codes it far smaller than rANS can."""
     import ml_dtypes
-    from fpfs.codecs import CODEC_ZSTD, encode_standalone, zstd_may_pay
+    from fpfs.codecs import CODEC_ZSTD, ZSTD_ALWAYS_BYTES, encode_standalone, zstd_may_pay
     from tests.weights import cast_fp8, load_real
     largest = max(load_real().values(), key=lambda t: t.size)
     fp8 = cast_fp8(largest, ml_dtypes.float8_e4m3fn).ravel()[:1 << 18]
@@ -379,4 +379,5 @@ def test_zstd_tried_on_one_byte_chunks_only_where_it_may_pay():
     rows = memoryview(bytes(weights[:4096]) * 64)
     assert zstd_may_pay(rows)
     assert encode_standalone(rows, "F8_E4M3")[0] == CODEC_ZSTD
-    assert zstd_may_pay(weights[:64 * 1024])          # small chunks: always tried
+    assert zstd_may_pay(weights[:ZSTD_ALWAYS_BYTES])  # small chunks: always tried
+    assert not zstd_may_pay(weights[:2 * ZSTD_ALWAYS_BYTES])

@@ -38,7 +38,10 @@ V4_CODECS = frozenset((CODEC_EXPMANT,))             # what versions 1-3 may not 
 # symbols, where exact repeats are what zstd finds and rANS cannot) when the chunk is
 # small or repeats some 64-bit words (zstd_may_pay); wider floats only with
 # exhaustive=True (zstd never won on them in any measurement, and trying costs time).
-ZSTD_ALWAYS_BYTES = 64 * 1024
+# "Small": on MiniLM FP8 and MXFP4 every chunk zstd won without repeats was under 2 KiB but
+# a few of 10-64 KiB that it made 3-100 bytes smaller (0.0008 % of the file), while trying
+# chunks of 4-64 KiB took 7 % of MXFP4's compress time.
+ZSTD_ALWAYS_BYTES = 4 * 1024
 REPEATS_PER_WORD = 1 / 1024
 BaseReader = Callable[[int, int], memoryview]       # (base offset, length) -> base bytes
 
@@ -79,11 +82,11 @@ def encode_standalone(data: memoryview, dtype: str,
 
 def zstd_may_pay(data: memoryview) -> bool:
     """Whether zstd can beat rANS on a one-byte-element chunk: where it is small (rANS's
-    table and states weigh) or repeats 64-bit words (K/V rows of repeated tokens: 2-3
-    points smaller). Measured on MiniLM's FP8 weights and bench_kv's FP8 caches: no chunk
-    that this turns away was one zstd coded smaller, and on the weights it turns away 98 %
-    of the bytes (zstd, tried on all of them, saved 0.01 % of the file and cost over half
-    the compress time)."""
+    table and 128 bytes of states weigh) or repeats 64-bit words (K/V rows of repeated
+    tokens: 2-3 points smaller). Measured on MiniLM's FP8 and MXFP4 weights and bench_kv's
+    FP8 caches: this turns away 98 % of the weight bytes, and the chunks it turns away that
+    zstd would have coded smaller saved 0.0008 % of a file together (zstd, tried on all of
+    them, cost over half the compress time)."""
     n = len(data)
     return n <= ZSTD_ALWAYS_BYTES or _kernels.repeated_words(data) > n // 8 * REPEATS_PER_WORD
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .. import _kernels
-from .planes import decode_with, encode_with
+from .planes import decode_with, scratch
 
 DTYPES = frozenset(("BF16",))
 
@@ -28,7 +28,7 @@ class ExpMantCodec:
         n = len(data)
         if n < 2 or n % 2:
             return None
-        return encode_with(lambda work, dst: _kernels.encode_expmant_into(data, work, dst), n)
+        return _kernels.expmant_payload(data, scratch(n))
 
     def decode_into(self, payload, out: memoryview) -> None:
         decode_with(_kernels.decode_expmant_into, payload, out)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-from typing import Optional
 
 import numpy as np
 
@@ -26,17 +25,6 @@ def scratch(n: int) -> np.ndarray:
         buf = np.empty(max(n, 1 << 18), dtype=np.uint8)
         _local.buf = buf
     return buf
-
-
-def encode_with(encoder, n: int) -> Optional[bytes]:
-    """Run a kernel encoder, encoder(scratch, dst) -> size, into a buffer of the raw size n:
-    the payload, or None when it would not be smaller than the raw chunk (size 0)."""
-    dst = bytearray(n)
-    size = encoder(scratch(n), dst)
-    if size == 0:
-        return None
-    del dst[size:]
-    return bytes(dst)
 
 
 def decode_with(decoder, payload, out: memoryview) -> None:
@@ -71,8 +59,7 @@ class PlanesCodec:
         layout: (width, rotation) instead of the dtype's own."""
         n = len(data)
         width, rot = layout if layout is not None else plane_layout(dtype, n)
-        return encode_with(lambda work, dst: _kernels.encode_planes_into(
-            data, width, rot, work, dst, min_saving_ppm), n)
+        return _kernels.planes_payload(data, width, rot, scratch(n), min_saving_ppm)
 
     def decode_into(self, payload, out: memoryview) -> None:
         decode_with(_kernels.decode_planes_into, payload, out)
