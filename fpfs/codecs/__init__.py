@@ -43,6 +43,11 @@ V4_CODECS = frozenset((CODEC_EXPMANT,))             # what versions 1-3 may not 
 # chunks of 4-64 KiB took 7 % of MXFP4's compress time.
 ZSTD_ALWAYS_BYTES = 4 * 1024
 REPEATS_PER_WORD = 1 / 1024
+# Larger chunks only where rANS left more than half the bytes: on low-entropy bytes zstd's
+# Huffman literals lose far more than its matches win (MXFP4's E8M0 scales, which rANS
+# codes to 15-20 %, repeat words in runs of equal scales; zstd's frames were 18-50 % larger
+# than rANS's payloads, and trying them took 13 % of MXFP4's compress time).
+ZSTD_MIN_SHARE = 0.5
 BaseReader = Callable[[int, int], memoryview]       # (base offset, length) -> base bytes
 
 
@@ -73,22 +78,26 @@ def encode_standalone(data: memoryview, dtype: str,
     width = plane_layout(dtype, n)[0]
     if dtype == "RAW":
         offer(CODEC_ZSTD, CODECS[CODEC_ZSTD].encode(data, LEVEL_UNTYPED))
-    elif exhaustive or ((width == 1 or btype is not None) and zstd_may_pay(data)):
+    elif exhaustive or ((width == 1 or btype is not None) and zstd_may_pay(data, best_size)):
         offer(CODEC_ZSTD, CODECS[CODEC_ZSTD].encode(data, LEVEL_TYPED))
     if best[0] == CODEC_RAW:
         return CODEC_RAW, bytes(data)
     return best
 
 
-def zstd_may_pay(data: memoryview) -> bool:
-    """Whether zstd can beat rANS on a one-byte-element chunk: where it is small (rANS's
-    table and 128 bytes of states weigh) or repeats 64-bit words (K/V rows of repeated
-    tokens: 2-3 points smaller). Measured on MiniLM's FP8 and MXFP4 weights and bench_kv's
-    FP8 caches: this turns away 98 % of the weight bytes, and the chunks it turns away that
-    zstd would have coded smaller saved 0.0008 % of a file together (zstd, tried on all of
-    them, cost over half the compress time)."""
+def zstd_may_pay(data: memoryview, best_size: int) -> bool:
+    """Whether zstd can beat rANS (best_size: the smallest payload so far) on a
+    one-byte-element chunk: where it is small (rANS's table and 128 bytes of states weigh),
+    or repeats 64-bit words (K/V rows of repeated tokens: 2-3 points smaller) and is not
+    coded below ZSTD_MIN_SHARE already. Measured on MiniLM's FP8 and MXFP4 weights and
+    bench_kv's FP8 caches: this turns away 98 % of the weight bytes, and the chunks it turns
+    away that zstd would have coded smaller saved 0.0008 % of a file together (zstd, tried
+    on all of them, cost over half the compress time)."""
     n = len(data)
-    return n <= ZSTD_ALWAYS_BYTES or _kernels.repeated_words(data) > n // 8 * REPEATS_PER_WORD
+    if n <= ZSTD_ALWAYS_BYTES:
+        return True
+    return best_size > n * ZSTD_MIN_SHARE and \
+        _kernels.repeated_words(data) > n // 8 * REPEATS_PER_WORD
 
 
 def encode_chunk(data: memoryview, dtype: str,
