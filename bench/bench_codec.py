@@ -4,15 +4,19 @@ MXFP4: stored size (% of the original file) and compress / decompress throughput
 original bytes) for fpfs, zstd -3 and ZipNN, one thread and all threads, in one run.
 
     python bench/bench_codec.py [--repeat N] [--dtypes BF16,F32] [--kernels avx2,portable]
+                                [--out-dir DIR]
 
 "fpfs" is timed on its chunk codec (plan -> encode every chunk; decode every chunk, with its
 checksum check, into its place in one reused output buffer), which is what `fpfs compress`
 and reads through the mount run. "fpfs read()" is the public API a loader calls:
 `fpfs.open(p).read()` of the whole .fpz (in the page cache), a new bytes object like
 ZipNN's and zstd's output (their APIs offer no other way), decoded on 1 and on all threads.
-"fpfs decompress" is `fpfs decompress` of that .fpz to a new file (all cores, SHA-256
-checked, fsync-ed, renamed into place) on /dev/shm, so that the disk is not what is timed. "memcpy" copies the original into a
-new bytes object: the ceiling for any decoder that returns one. --kernels repeats the fpfs rows with each rANS32 decoder (FPFS_SIMD).
+"fpfs compress / decompress" is the command line's work on whole files: `fpfs compress` of
+the original (all cores, SHA-256, fsync-ed, verified by decoding it all, renamed into
+place) and `fpfs decompress` of that .fpz (all cores, SHA-256 checked, fsync-ed, renamed),
+writing to --out-dir (default /dev/shm, so that the disk is not what is timed). "memcpy"
+copies the original into a new bytes object: the ceiling for any decoder that returns one.
+--kernels repeats the fpfs rows with each rANS32 decoder (FPFS_SIMD).
 "fpfs, PLANES only (v3)" (BF16) codes every chunk as format version 3 did, without codec 6
 EXPMANT: the same-run baseline of what version 4 changed.
 ZipNN gets the safetensors header stored raw and the tensor data with the dtype hint (on the
@@ -117,19 +121,23 @@ def bench_fpfs_read(path: str, data: bytes, repeat: int, tmp: str) -> dict:
     return res
 
 
-def bench_fpfs_decompress(path: str, data: bytes, repeat: int, tmp: str) -> dict:
-    """`fpfs decompress` (decompress_file: decode on all cores, SHA-256 check, write a new
-    file in the same directory, rename) of the .fpz bench_fpfs_read wrote."""
+def bench_fpfs_files(path: str, data: bytes, repeat: int, tmp: str, out_dir: str) -> dict:
+    """`fpfs compress` (compress_file: encode on all cores, SHA-256, write a new file
+    beside the output, fsync, verify by decoding it all, rename) and `fpfs decompress`
+    (decompress_file: decode on all cores, SHA-256 check, write, fsync, rename) of the
+    .fpz bench_fpfs_read wrote, both with their outputs in out_dir."""
     fpz = os.path.join(tmp, os.path.basename(path) + ".fpz")
-    # tmpfs when there is one: the disk's fsync would be timed, not fpfs (ZipNN's
-    # decompress returns bytes in memory and writes no file).
-    out_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tmp
-    out = os.path.join(out_dir, f"fpfs-bench-{os.getpid()}.decompressed")
+    out = os.path.join(out_dir, f"fpfs-bench-{os.getpid()}")
 
-    def run():
+    def compress():
+        fpfs.compress_file(path, out + ".fpz", threads=THREADS)
+        os.unlink(out + ".fpz")
+
+    def decompress():
         fpfs.decompress_file(fpz, out)
         os.unlink(out)
-    res = {"size": os.path.getsize(fpz), f"d{THREADS}": best_time(run, repeat)}
+    res = {"size": os.path.getsize(fpz), f"c{THREADS}": best_time(compress, repeat),
+           f"d{THREADS}": best_time(decompress, repeat)}
     fpfs.decompress_file(fpz, out)
     with open(out, "rb") as f:
         assert f.read() == data
@@ -200,8 +208,13 @@ def main() -> None:
     ap.add_argument("--kernels", default=_kernels.simd_kernel(),
                     help="rANS32 decoders to time fpfs with, comma-separated: avx2, "
                          "portable (default: the one this CPU uses, %(default)s)")
+    ap.add_argument("--out-dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+                    help="where `fpfs compress` and `fpfs decompress` write (default: "
+                         "%(default)s, tmpfs, so that the disk's fsync is not what is timed; "
+                         "ZipNN's functions return bytes in memory and write no file)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="fpfs-bench-")
+    args.out_dir = args.out_dir or tmp
     kernels = [k for k in args.kernels.split(",") if _kernels.set_simd_kernel(k) == k]
     rows = []
     for name in args.dtypes.split(","):
@@ -218,8 +231,8 @@ def main() -> None:
                 results["fpfs, PLANES only (v3)" + tag] = bench_fpfs(path, data, args.repeat,
                                                                      planes_only)
             results["fpfs read()" + tag] = bench_fpfs_read(path, data, args.repeat, tmp)
-            results["fpfs decompress" + tag] = bench_fpfs_decompress(path, data, args.repeat,
-                                                                     tmp)
+            results["fpfs compress / decompress" + tag] = bench_fpfs_files(
+                path, data, args.repeat, tmp, args.out_dir)
         _kernels.set_simd_kernel(kernels[0])
         results["zstd -3"] = bench_zstd(data, args.repeat)
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -101,10 +101,26 @@ class AtomicOutput:
         directory = os.path.dirname(os.path.abspath(dst))
         fd, self.tmp = tempfiles.create(directory)
         self.file = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._sync: Optional[Future] = None
+
+    def start_sync(self) -> None:
+        """Start writing what is written so far to the disk (fsync on another thread), so
+        that the caller's next work - verifying the file - overlaps it; commit() waits for
+        it (and raises its error)."""
+        self.file.flush()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpfs-fsync")
+        self._sync = pool.submit(os.fsync, self.file.fileno())
+        pool.shutdown(wait=False)
+
+    def _wait_sync(self) -> None:
+        sync, self._sync = self._sync, None
+        if sync is not None:
+            sync.result()
 
     def commit(self) -> None:
         self.file.flush()
-        os.fsync(self.file.fileno())
+        self._wait_sync()
+        os.fsync(self.file.fileno())        # anything written since (cheap otherwise)
         self.file.close()
         os.replace(self.tmp, self.dst)
         dir_fd = os.open(os.path.dirname(os.path.abspath(self.dst)), os.O_RDONLY)
@@ -115,6 +131,10 @@ class AtomicOutput:
 
     def abort(self) -> None:
         try:
+            try:
+                self._wait_sync()           # never close the fd under a running fsync
+            except OSError:
+                pass
             self.file.close()
         finally:
             try:
@@ -155,7 +175,7 @@ def compress_file(src: str, dst: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
             ref = BaseRef(source.sha256, source.size) if source else None
             stored = _write_container(f.fileno(), layout, out.file, chunk_size, threads,
                                       progress, min_saving_ppm, source, base_offsets, ref)
-        out.file.flush()
+        out.start_sync()
         if source is not None:
             _store_base(source, store_root, chunk_size, threads, min_saving_ppm)
         if verify:

@@ -196,6 +196,25 @@ def test_invalid_chunk_size(tmp_path, chunk_size):
     assert os.listdir(tmp_path) == ["x.safetensors"]
 
 
+def test_failed_fsync_leaves_nothing(tmp_path, monkeypatch):
+    """The container is synced on a thread of its own while it is verified: an error there
+    still fails the compress, and neither the output nor a temporary file is left."""
+    import errno
+    import threading
+    content = build([("w", "BF16", sample_bytes("BF16", 50_000, np.random.default_rng(3)))])
+    src = st_files.write(tmp_path / "x.safetensors", content)
+    threads = []
+
+    def failing_fsync(fd):
+        threads.append(threading.current_thread().name)
+        raise OSError(errno.EIO, "injected fsync failure")
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="injected"):
+        fpfs.compress_file(src, str(tmp_path / "x.fpz"), chunk_size=CHUNK)
+    assert threads and threads[0].startswith("fpfs-fsync")
+    assert os.listdir(tmp_path) == ["x.safetensors"]
+
+
 # -- hypothesis: random files --------------------------------------------------------------
 tensor_st = st.tuples(
     st.sampled_from(ALL_DTYPES + (UNKNOWN_DTYPE,)),
