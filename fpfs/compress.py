@@ -197,6 +197,11 @@ def compress_file(src: str, dst: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
 PLAIN_MIN_BYTES = 64 * 1024
 
 
+# The container's bytes are handed to the disk in steps of this many as they are written
+# (tempfiles.start_writeback), so that commit's fsync waits for little.
+WRITEBACK_BYTES = 8 << 20
+
+
 def worth_compressing(layout: Layout) -> bool:
     """Whether to try storing a file compressed: any recognised format, or plain bytes of
     at least PLAIN_MIN_BYTES."""
@@ -238,6 +243,7 @@ def _write_container(fd, layout, file, chunk_size, threads, progress, min_saving
     sha = hashlib.sha256(prefix)
     writer = ContainerWriter(file, prefix, layout.file_size, chunk_size, ref)
     done = layout.prefix_length
+    synced = 0
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fpfs-enc") as pool:
         encode = lambda chunk: _encode(fd, chunk, min_saving_ppm, base)  # noqa: E731
         for rec, data in _ordered_map(pool, encode,
@@ -245,6 +251,10 @@ def _write_container(fd, layout, file, chunk_size, threads, progress, min_saving
                                       4 * threads):
             sha.update(data)
             writer.add(rec)
+            if writer.position - synced >= WRITEBACK_BYTES:
+                file.flush()
+                tempfiles.start_writeback(file.fileno(), synced, writer.position - synced)
+                synced = writer.position
             done += rec.orig_length
             if progress:
                 progress(done)
@@ -296,9 +306,11 @@ def write_original(packed: PackedFile, out: BinaryIO, progress: Progress = None)
 
     def put(offset: int, piece: memoryview) -> None:
         pos = start + offset
+        length = len(piece)
         while piece:
             n = os.pwrite(fd, piece, pos)
             piece, pos = piece[n:], pos + n
+        tempfiles.start_writeback(fd, start + offset, length)
 
     for _ in verified_original(packed, progress, sink=put):
         pass

@@ -121,6 +121,11 @@ class ContainerWriter:
         self._pos += len(rec.payload)
         self._next_orig += rec.orig_length
 
+    @property
+    def position(self) -> int:
+        """Bytes of the container written so far."""
+        return self._pos
+
     def finish(self, sha256: bytes) -> int:
         """Write table and trailer; returns the container's size."""
         if self._next_orig != self._original_size:

