@@ -6,6 +6,9 @@ put in one of N buckets by its mean exponent, one frequency table per bucket per
 
     python bench/bound_bf16.py
 
+Then the same with tables shared by all the chunks of a tensor, contexts from row and
+column buckets (a format change: chunks would no longer carry their own tables).
+
 Cost model per chunk, from fpfs's own payloads (FORMAT.md, codec 6): the symbols'
 order-0 entropy under each context's table, 1.4 bytes per present symbol and 3 per table
 (what rANS32 tables measured), 134 bytes of header and lane states, the 8 - k packed
@@ -74,6 +77,41 @@ def estimate(tensors, chunk_bytes: int, k: int, buckets: int) -> float:
     return size / (2 * elements)
 
 
+def estimate_shared(tensors, row_buckets_n: int, col_buckets_n: int) -> float:
+    """The same, k = 2, with one table per (row bucket, column bucket) shared by all the
+    256 KiB chunks of a tensor (paid once per tensor), or the per-chunk single table where
+    that is smaller; column buckets cost log2(N) bits per column."""
+    per_chunk = (256 << 10) // 2
+    elements = 0
+    size = 0.0
+    for x in tensors:
+        b = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+        rows2d = b.reshape(b.shape[0], -1) if b.ndim > 1 else b.reshape(1, -1)
+        rows, cols = rows2d.shape
+        elements += b.size
+        e = ((rows2d >> 7) & 0xFF).astype(np.int64)
+        sym = ((e << 2) | ((rows2d >> 5) & 3)).ravel()
+        nz = np.where(e > 0, e, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            rmean = np.nan_to_num(np.nanmean(nz, axis=1))
+            cmean = np.nan_to_num(np.nanmean(nz, axis=0))
+        nchunks = -(-b.size // per_chunk)
+        local = sum(entropy_bits(np.bincount(sym[s:s + per_chunk])) / 8
+                    + TABLE_BYTES_PER_SYMBOL * (np.bincount(sym[s:s + per_chunk]) > 0).sum()
+                    + TABLE_BYTES for s in range(0, b.size, per_chunk))
+        ctx = np.repeat(row_buckets(rmean, row_buckets_n), cols) * col_buckets_n + \
+            np.tile(row_buckets(cmean, col_buckets_n), rows)
+        shared = 0.0
+        for c in np.unique(ctx):
+            counts = np.bincount(sym[ctx == c])
+            shared += entropy_bits(counts) / 8 + TABLE_BYTES_PER_SYMBOL * (counts > 0).sum() \
+                + TABLE_BYTES
+        shared += (rows * np.log2(row_buckets_n) + cols * np.log2(col_buckets_n)) / 8
+        size += min(local, shared) + nchunks * CHUNK_OVERHEAD + b.size * 6 / 8
+    return size / (2 * elements)
+
+
 def main() -> None:
     tensors = [x for x in load_real().values() if x.dtype == np.float32]
     print("| chunk | k | row contexts | estimated size % |")
@@ -83,6 +121,13 @@ def main() -> None:
             for buckets in (1, 2, 4):
                 pct = 100 * estimate(tensors, chunk, k, buckets)
                 print(f"| {chunk >> 10} KiB | {k} | {buckets} | {pct:.3f} |", flush=True)
+    print("\nTables shared by a tensor's 256 KiB chunks, k = 2 (per tensor: shared or "
+          "per-chunk tables, whichever is smaller)\n")
+    print("| row buckets | column buckets | estimated size % |")
+    print("|---:|---:|---:|")
+    for nr, nc in ((1, 1), (2, 1), (4, 1), (8, 1), (2, 2), (4, 2), (4, 4), (8, 4)):
+        pct = 100 * estimate_shared(tensors, nr, nc)
+        print(f"| {nr} | {nc} | {pct:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
