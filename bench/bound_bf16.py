@@ -47,25 +47,33 @@ def row_buckets(row_means: np.ndarray, buckets: int) -> np.ndarray:
     return np.searchsorted(edges, row_means, side="right")
 
 
+def symbols(x: np.ndarray, k: int):
+    """(rows, cols, EXPMANT-like symbols e << k | top k mantissa bits, flat; mean nonzero
+    exponent of each row; of each column) of a tensor cast to BF16 (1-D: one row)."""
+    b = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+    rows2d = b.reshape(b.shape[0], -1) if b.ndim > 1 else b.reshape(1, -1)
+    e = ((rows2d >> 7) & 0xFF).astype(np.int64)
+    sym = ((e << k) | ((rows2d >> (7 - k)) & ((1 << k) - 1))).ravel()
+    nonzero = np.where(e > 0, e, np.nan)
+    with warnings.catch_warnings():     # all-zero rows or columns: mean 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        row_means = np.nan_to_num(np.nanmean(nonzero, axis=1))
+        col_means = np.nan_to_num(np.nanmean(nonzero, axis=0))
+    return rows2d.shape[0], rows2d.shape[1], sym, row_means, col_means
+
+
 def estimate(tensors, chunk_bytes: int, k: int, buckets: int) -> float:
     """Estimated coded size as a share of the tensors' BF16 bytes."""
     per_chunk = chunk_bytes // 2
     elements = 0
     size = 0.0
     for x in tensors:
-        b = x.astype(ml_dtypes.bfloat16).view(np.uint16)
-        rows2d = b.reshape(b.shape[0], -1) if b.ndim > 1 else b.reshape(1, -1)
-        rows, cols = rows2d.shape
-        elements += b.size
-        e = ((rows2d >> 7) & 0xFF).astype(np.int64)
-        sym = ((e << k) | ((rows2d >> (7 - k)) & ((1 << k) - 1))).ravel()
-        with warnings.catch_warnings():     # all-zero rows: mean 0
-            warnings.simplefilter("ignore", RuntimeWarning)
-            means = np.nan_to_num(np.nanmean(np.where(e > 0, e, np.nan), axis=1))
+        rows, cols, sym, means, _ = symbols(x, k)
+        elements += sym.size
         contexts = buckets > 1 and cols >= 64 and rows > 1
         ctx = np.repeat(row_buckets(means, buckets), cols) if contexts \
-            else np.zeros(b.size, np.int64)
-        for s in range(0, b.size, per_chunk):
+            else np.zeros(sym.size, np.int64)
+        for s in range(0, sym.size, per_chunk):
             sy, cx = sym[s:s + per_chunk], ctx[s:s + per_chunk]
             size += CHUNK_OVERHEAD + len(sy) * (8 - k) / 8
             for c in np.unique(cx):
@@ -85,21 +93,12 @@ def estimate_shared(tensors, row_buckets_n: int, col_buckets_n: int) -> float:
     elements = 0
     size = 0.0
     for x in tensors:
-        b = x.astype(ml_dtypes.bfloat16).view(np.uint16)
-        rows2d = b.reshape(b.shape[0], -1) if b.ndim > 1 else b.reshape(1, -1)
-        rows, cols = rows2d.shape
-        elements += b.size
-        e = ((rows2d >> 7) & 0xFF).astype(np.int64)
-        sym = ((e << 2) | ((rows2d >> 5) & 3)).ravel()
-        nz = np.where(e > 0, e, np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            rmean = np.nan_to_num(np.nanmean(nz, axis=1))
-            cmean = np.nan_to_num(np.nanmean(nz, axis=0))
-        nchunks = -(-b.size // per_chunk)
+        rows, cols, sym, rmean, cmean = symbols(x, 2)
+        elements += sym.size
+        nchunks = -(-sym.size // per_chunk)
         local = sum(entropy_bits(np.bincount(sym[s:s + per_chunk])) / 8
                     + TABLE_BYTES_PER_SYMBOL * (np.bincount(sym[s:s + per_chunk]) > 0).sum()
-                    + TABLE_BYTES for s in range(0, b.size, per_chunk))
+                    + TABLE_BYTES for s in range(0, sym.size, per_chunk))
         ctx = np.repeat(row_buckets(rmean, row_buckets_n), cols) * col_buckets_n + \
             np.tile(row_buckets(cmean, col_buckets_n), rows)
         shared = 0.0
@@ -108,7 +107,7 @@ def estimate_shared(tensors, row_buckets_n: int, col_buckets_n: int) -> float:
             shared += entropy_bits(counts) / 8 + TABLE_BYTES_PER_SYMBOL * (counts > 0).sum() \
                 + TABLE_BYTES
         shared += (rows * np.log2(row_buckets_n) + cols * np.log2(col_buckets_n)) / 8
-        size += min(local, shared) + nchunks * CHUNK_OVERHEAD + b.size * 6 / 8
+        size += min(local, shared) + nchunks * CHUNK_OVERHEAD + sym.size * 6 / 8
     return size / (2 * elements)
 
 

@@ -37,14 +37,7 @@ static void fpfs_r32_init_enc(void) {
 
 /* t[sym[0]], ..., t[sym[7]] as one vector. */
 FPFS_AVX2 static inline __m256i fpfs_r32_load8(const int *t, const uint8_t *sym) {
-    __m128i lo = _mm_cvtsi32_si128(t[sym[0]]), hi = _mm_cvtsi32_si128(t[sym[4]]);
-    lo = _mm_insert_epi32(lo, t[sym[1]], 1);
-    hi = _mm_insert_epi32(hi, t[sym[5]], 1);
-    lo = _mm_insert_epi32(lo, t[sym[2]], 2);
-    hi = _mm_insert_epi32(hi, t[sym[6]], 2);
-    lo = _mm_insert_epi32(lo, t[sym[3]], 3);
-    hi = _mm_insert_epi32(hi, t[sym[7]], 3);
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+    return fpfs_avx2_lookup8(t, sym[0], sym[1], sym[2], sym[3], sym[4], sym[5], sym[6], sym[7]);
 }
 
 /* One group of 8 lanes of one step: symbols sym[0..7] into states *xs. */
@@ -53,9 +46,6 @@ FPFS_AVX2 static inline void fpfs_r32_enc_lanes(__m256i *xs, const uint8_t *sym,
                                                 uint8_t **pp) {
     const __m256i low12 = _mm256_set1_epi32(0xFFF), low16 = _mm256_set1_epi32(0xFFFF);
     __m256i x = *xs;
-    /* eight scalar loads per table, not vpgatherdd (faster on AMD Zen 3, as in the
-       decoder), inserted into registers: stored and reloaded as one vector, they would
-       fail store-to-load forwarding each time */
     __m256i e = fpfs_r32_load8(fc, sym);
     __m256 r = _mm256_castsi256_ps(fpfs_r32_load8((const int *)rcp, sym));
     __m256i f = _mm256_and_si256(e, low12);

@@ -6,6 +6,8 @@
 #ifndef FPFS_SIMD_H
 #define FPFS_SIMD_H
 
+#include <stdint.h>
+
 #define FPFS_SIMD_PORTABLE 0
 #define FPFS_SIMD_AVX2 1
 
@@ -13,6 +15,26 @@
 #define FPFS_HAVE_AVX2_KERNELS 1
 #include <immintrin.h>
 #define FPFS_AVX2 __attribute__((target("avx2")))
+#endif
+
+#ifdef FPFS_HAVE_AVX2_KERNELS
+/* t[i0], ..., t[i7] as one vector, for the rANS32 decoder's and encoder's table lookups:
+   eight scalar loads, not vpgatherdd (faster on AMD Zen 3: 0.67 against 0.78 ns per
+   decoded BF16 exponent symbol; no slower on Intel, where gathers are cheaper), inserted
+   into registers, not stored and reloaded as one vector (a failed store-to-load forward
+   each time: 3-5 % on Zen 3). */
+FPFS_AVX2 static inline __m256i fpfs_avx2_lookup8(const int *t, uint32_t i0, uint32_t i1,
+                                                 uint32_t i2, uint32_t i3, uint32_t i4,
+                                                 uint32_t i5, uint32_t i6, uint32_t i7) {
+    __m128i lo = _mm_cvtsi32_si128(t[i0]), hi = _mm_cvtsi32_si128(t[i4]);
+    lo = _mm_insert_epi32(lo, t[i1], 1);
+    hi = _mm_insert_epi32(hi, t[i5], 1);
+    lo = _mm_insert_epi32(lo, t[i2], 2);
+    hi = _mm_insert_epi32(hi, t[i6], 2);
+    lo = _mm_insert_epi32(lo, t[i3], 3);
+    hi = _mm_insert_epi32(hi, t[i7], 3);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+}
 #endif
 
 /* Set once by fpfs_simd_init() before any thread decodes. */
