@@ -13,6 +13,7 @@ import ast
 import math
 import re
 import struct
+import warnings
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, Optional, Tuple
 
@@ -82,7 +83,12 @@ def parse_header(buf: bytes, total: int) -> NpyHeader:
         raise FormatError(".npy header runs past the end of the file")
     try:
         text = buf[start:start + n].decode("utf-8" if major == 3 else "latin-1")
-        header = ast.literal_eval(text)
+        with warnings.catch_warnings():
+            # a hostile header's "\m" is a SyntaxWarning (3.12+) or DeprecationWarning
+            # from the parser: the header is judged below, not reported as a warning
+            warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            header = ast.literal_eval(text)
     # literal_eval rejects non-literals with ValueError/TypeError/SyntaxError; deeply
     # nested or huge literals give RecursionError/MemoryError: all are a bad header.
     except (UnicodeDecodeError, ValueError, TypeError, SyntaxError, RecursionError,
