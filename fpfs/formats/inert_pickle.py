@@ -11,6 +11,7 @@ raises FormatError: the caller then stores the file as plain bytes, which is los
 from __future__ import annotations
 
 import pickletools
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -57,15 +58,20 @@ def _ops(data: bytes) -> Iterator[Tuple[str, Any]]:
     UnicodeDecodeError, struct.error, ...) are not a documented set, so all of them mean
     "malformed pickle"."""
     it = pickletools.genops(data)
-    while True:
-        try:
-            op, arg, _pos = next(it)
-        except StopIteration:
-            return
-        except Exception as exc:        # noqa: BLE001
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise FormatError(f"malformed pickle ({msg[:200]})") from None
-        yield op.name, arg
+    with warnings.catch_warnings():
+        # genops decodes STRING arguments with codecs.escape_decode: a hostile \q escape is a
+        # DeprecationWarning there, which is not the user's business
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", SyntaxWarning)
+        while True:
+            try:
+                op, arg, _pos = next(it)
+            except StopIteration:
+                return
+            except Exception as exc:        # noqa: BLE001
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise FormatError(f"malformed pickle ({msg[:200]})") from None
+            yield op.name, arg
 
 
 _SCALARS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT",
