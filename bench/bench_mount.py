@@ -14,6 +14,7 @@ mounted file.
 Measured (GB/s are of original bytes):
 - sequential read of the whole file with 1 MiB read() calls: raw best of N; mount best of N
   cold runs (a remount before each), plus a second read on the same mount (kernel page cache);
+  and two threads reading the two halves at once (whether two cores serve more);
 - random 4 KiB pread latency p50/p99 (4 KiB aligned offsets from a seeded RNG): raw, then
   through a fresh mount (cold-ish: chunks fill the fpfs cache as the run goes) and again
   with the same offsets on that mount (warm);
@@ -41,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -85,6 +87,36 @@ def timed_read_all(path: str, size: int) -> float:
     n = read_all(path)
     dt = time.perf_counter() - t
     assert n == size, f"{path}: read {n} bytes, expected {size}"
+    return dt
+
+
+def timed_read_halves(path: str, size: int) -> float:
+    """Two threads reading the two halves at once (1 MiB preads each): whether the mount
+    serves concurrent requests on both cores, or what fills them."""
+    got = [0, 0]
+
+    def read_half(k: int) -> None:
+        start, end = k * (size // 2), size if k else size // 2
+        buf = bytearray(READ_SIZE)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            off = start
+            while off < end:
+                n = os.preadv(fd, [memoryview(buf)[:min(READ_SIZE, end - off)]], off)
+                if not n:
+                    break
+                off += n
+                got[k] += n
+        finally:
+            os.close(fd)
+    threads = [threading.Thread(target=read_half, args=(k,)) for k in (0, 1)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    dt = time.perf_counter() - t
+    assert sum(got) == size, f"{path}: read {sum(got)} bytes, expected {size}"
     return dt
 
 
@@ -176,6 +208,11 @@ def bench_dtype(name: str, work: str, args) -> dict:
                 r["seq_warm"] = timed_read_all(through, size)
                 assert file_hash(through) == raw_hash, "mount served wrong bytes"
     r["seq_cold"] = cold
+    r["seq_raw2"] = best_time(lambda: timed_read_halves(raw, size), args.repeat)
+    r["seq_cold2"] = []
+    for _ in range(args.repeat):
+        with mounted(backing, mnt, *extra):
+            r["seq_cold2"].append(timed_read_halves(through, size))
 
     # random 4 KiB
     rng = random.Random(1234)
@@ -250,6 +287,9 @@ def main() -> None:
             (f"{name} sequential read GB/s (mount: cold fpfs cache, best of {args.repeat})",
              f"{gb / r['seq_raw']:.2f}", f"{gb / min(r['seq_cold']):.2f}"
              f" (runs {', '.join(f'{gb / t:.2f}' for t in r['seq_cold'])})"),
+            (f"{name} sequential read GB/s, two readers of the halves at once (mount: cold, "
+             f"best of {args.repeat})", f"{gb / r['seq_raw2']:.2f}",
+             f"{gb / min(r['seq_cold2']):.2f}"),
             (f"{name} in-process decode GB/s, {THREADS} threads (raw column: ZipNN "
              f"decompress; mount column: fpfs into a reused buffer, and mount cold read / it)",
              f"ZipNN {gb / r['codec_zipnn'][f'd{THREADS}']:.2f}" if "codec_zipnn" in r else "",
