@@ -61,9 +61,27 @@ def tune_malloc() -> None:
         pass
 
 
+_pinned = threading.local()
+
+
+def _keep_thread_state() -> None:
+    """Keep this libfuse thread's Python thread state from one callback to the next.
+    ctypes creates one for a thread Python did not start on every callback and deletes it
+    on return (a new frame stack mapped and unmapped per FUSE request); one
+    PyGILState_Ensure never released keeps it (threading.local lives in it, so this runs
+    once per thread)."""
+    if not getattr(_pinned, "kept", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _pinned.kept = True
+
+
 class _FUSE(fuse.FUSE):
     """mfusepy's FUSE with a read that hands our operations libfuse's buffer, so decoded
     bytes are copied once, straight into it (mfusepy would memmove a returned object)."""
+
+    def _wrapper(self, func, *args, **kwargs):
+        _keep_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
 
     def read(self, path, buf, size, offset, fip):
         return self.operations.read_into(path, ctypes.cast(buf, ctypes.c_void_p).value,
