@@ -4,7 +4,6 @@ and their writeback to the disk, started while they are still being written."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import logging
 import os
@@ -52,9 +51,9 @@ def _remove_if_unlocked(path: str) -> bool:
 
 
 def _sync_file_range():
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range
-    except (OSError, AttributeError):         # not Linux/glibc: commit's fsync does it all
+    try:                                      # the process's own symbols: libc's among them
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):         # not Linux: commit's fsync does it all
         return None
     fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
     fn.restype = ctypes.c_int

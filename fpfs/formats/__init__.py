@@ -12,8 +12,10 @@ parser recognises is still stored losslessly - as plain bytes.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, List, Optional, Tuple
+from typing import BinaryIO, Iterable, Iterator, List, Optional, Tuple
 
 from ..errors import FpfsError
 
@@ -59,6 +61,17 @@ class TensorSpan:
     dtype: str
     tensor: Optional[str] = None
     shape: Optional[Tuple[int, ...]] = None
+
+
+@contextlib.contextmanager
+def parser_warnings_ignored() -> Iterator[None]:
+    """Python's own parsers warn about a hostile file's invalid string escapes ('\\m':
+    DeprecationWarning, SyntaxWarning from 3.12): the format layer judges such input
+    itself, so the warning is not the user's business."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", SyntaxWarning)
+        yield
 
 
 def tile(spans: Iterable[TensorSpan], prefix_length: int, file_size: int) -> List[Region]:

@@ -11,11 +11,10 @@ raises FormatError: the caller then stores the file as plain bytes, which is los
 from __future__ import annotations
 
 import pickletools
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from . import FormatError
+from . import FormatError, parser_warnings_ignored
 
 
 @dataclass(frozen=True)
@@ -58,11 +57,7 @@ def _ops(data: bytes) -> Iterator[Tuple[str, Any]]:
     UnicodeDecodeError, struct.error, ...) are not a documented set, so all of them mean
     "malformed pickle"."""
     it = pickletools.genops(data)
-    with warnings.catch_warnings():
-        # genops decodes STRING arguments with codecs.escape_decode: a hostile \q escape is a
-        # DeprecationWarning there, which is not the user's business
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", SyntaxWarning)
+    with parser_warnings_ignored():     # genops decodes STRING with codecs.escape_decode
         while True:
             try:
                 op, arg, _pos = next(it)

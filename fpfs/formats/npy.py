@@ -13,11 +13,10 @@ import ast
 import math
 import re
 import struct
-import warnings
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, Optional, Tuple
 
-from . import FormatError, Layout, TensorSpan, tile
+from . import FormatError, Layout, TensorSpan, parser_warnings_ignored, tile
 
 NAME = "npy"
 MAGIC = b"\x93NUMPY"
@@ -83,11 +82,7 @@ def parse_header(buf: bytes, total: int) -> NpyHeader:
         raise FormatError(".npy header runs past the end of the file")
     try:
         text = buf[start:start + n].decode("utf-8" if major == 3 else "latin-1")
-        with warnings.catch_warnings():
-            # a hostile header's "\m" is a SyntaxWarning (3.12+) or DeprecationWarning
-            # from the parser: the header is judged below, not reported as a warning
-            warnings.simplefilter("ignore", SyntaxWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with parser_warnings_ignored():
             header = ast.literal_eval(text)
     # literal_eval rejects non-literals with ValueError/TypeError/SyntaxError; deeply
     # nested or huge literals give RecursionError/MemoryError: all are a bad header.
