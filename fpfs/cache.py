@@ -1,12 +1,17 @@
 """Byte-budget LRU of decoded chunks, single-flight: concurrent readers of one chunk wait for
-a single decode instead of each decoding it."""
+a single decode instead of each decoding it.
+
+Besides chunks decoded for a reader (get), it holds chunks decoded *ahead* of sequential
+readers (claim/fulfil, fpfs/readahead.py): those count against a part of the budget of
+their own (ahead_budget) and are dropped once a sequential reader has taken them (discard),
+since through the mount the kernel's page cache keeps what was read."""
 from __future__ import annotations
 
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, Hashable
+from typing import Callable, Dict, Hashable, Optional
 
 import numpy as np
 
@@ -21,6 +26,8 @@ class CacheStats:
     decoded_bytes: int = 0
     decode_seconds: float = 0.0
     errors: int = 0
+    ahead: int = 0              # chunks decoded ahead of a sequential reader
+    taken: int = 0              # chunks dropped once a sequential reader had read them
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -32,44 +39,67 @@ class CacheStats:
 
 
 class _InFlight:
-    __slots__ = ("event", "value", "error")
+    __slots__ = ("event", "value", "error", "ahead", "started")
 
-    def __init__(self):
+    def __init__(self, ahead: int = 0):
         self.event = threading.Event()
         self.value = None
         self.error = None
+        self.ahead = ahead          # bytes reserved in the ahead budget (0: a reader's)
+        self.started = not ahead    # a decode ahead still queued can be taken over
 
 
 class ChunkCache:
-    def __init__(self, budget_bytes: int):
+    def __init__(self, budget_bytes: int, ahead_budget: Optional[int] = None):
+        """ahead_budget: bytes of chunks decoded ahead and not yet read (default half the
+        budget) - the rest stays for chunks readers asked for."""
         if budget_bytes < 0:
             raise ValueError("cache budget must be >= 0")
         self.budget = budget_bytes
+        self.ahead_budget = budget_bytes // 2 if ahead_budget is None else ahead_budget
         self.used = 0
+        self.ahead_used = 0         # decoded ahead (or being decoded), not yet taken
         self.stats = CacheStats()
         self._lru: "OrderedDict[Hashable, np.ndarray]" = OrderedDict()
+        self._ahead: Dict[Hashable, int] = {}          # keys in _lru decoded ahead -> bytes
         self._inflight: Dict[Hashable, _InFlight] = {}
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, load: Callable[[], np.ndarray]) -> np.ndarray:
         """The cached value for key, or load() it once however many threads ask at once.
-        An exception from load() reaches every waiter and nothing is cached."""
-        with self._lock:
-            value = self._hit(key)
-            if value is not None:
-                return value
-            flight = self._inflight.get(key)
-            owner = flight is None
+        An exception from load() reaches every waiter and nothing is cached. A decode
+        ahead that was given up (abandon) leaves its waiters to load it themselves."""
+        while True:
+            with self._lock:
+                value = self._hit(key)
+                if value is not None:
+                    return value
+                flight = self._inflight.get(key)
+                owner = flight is None
+                if owner:
+                    flight = self._inflight[key] = _InFlight()
+                    self.stats.misses += 1
+                else:
+                    self.stats.waits += 1
             if owner:
-                flight = self._inflight[key] = _InFlight()
-                self.stats.misses += 1
-            else:
-                self.stats.waits += 1
-        if not owner:
+                break
+            with self._lock:
+                if not flight.started:
+                    # Queued ahead and not begun (the pool is busy, or stuck on a slow
+                    # store): the reader decodes it now rather than wait its turn.
+                    flight.started = True
+                    self.ahead_used -= flight.ahead
+                    flight.ahead = 0
+                    self.stats.waits -= 1
+                    self.stats.misses += 1
+                    owner = True
+            if owner:
+                break
             flight.event.wait()
             if flight.error is not None:
                 raise flight.error
-            return flight.value
+            if flight.value is not None:
+                return flight.value
         start = time.perf_counter()
         try:
             value = load()
@@ -89,6 +119,66 @@ class ChunkCache:
             self._insert(key, value)
         flight.event.set()
         return value
+
+    def claim(self, key: Hashable, ahead_bytes: int = 0) -> Optional[_InFlight]:
+        """Take key's decode on oneself: None when it is cached or being decoded already
+        (or, with ahead_bytes, when the ahead budget has no room for it). The claimer then
+        calls fulfil (ahead decodes) or abandon, and readers of key wait for that. A claim
+        ahead is only a place in the queue until begin(): a reader that needs the chunk
+        before then decodes it itself."""
+        with self._lock:
+            if key in self._lru or key in self._inflight:
+                return None
+            if ahead_bytes:
+                if self.ahead_used + ahead_bytes > self.ahead_budget:
+                    return None
+                self.ahead_used += ahead_bytes
+            flight = self._inflight[key] = _InFlight(ahead_bytes)
+            return flight
+
+    def begin(self, flights) -> list:
+        """The pool starts on claims made ahead: for each, whether it is still its to
+        decode (False: a reader took it over, and fulfils it itself)."""
+        with self._lock:
+            mine = [not f.started for f in flights]
+            for f in flights:
+                f.started = True
+            return mine
+
+    def fulfil(self, key: Hashable, value: np.ndarray, seconds: float = 0.0) -> None:
+        """A claimed decode is done: cache value (as decoded ahead) and wake its readers."""
+        with self._lock:
+            flight = self._inflight.pop(key)
+            flight.value = value
+            self.stats.ahead += 1
+            self.stats.decoded_bytes += len(value)
+            self.stats.decode_seconds += seconds
+            self.ahead_used -= flight.ahead
+            if flight.ahead and len(value) <= self.budget:
+                self._ahead[key] = len(value)
+                self.ahead_used += len(value)
+            self._insert(key, value)
+        flight.event.set()
+
+    def abandon(self, key: Hashable) -> None:
+        """A claimed decode is given up (failed, or decoded straight into a reader's
+        buffer): nothing is cached and its waiters decode it themselves."""
+        with self._lock:
+            flight = self._inflight.pop(key, None)
+            if flight is None:
+                return
+            self.ahead_used -= flight.ahead
+        flight.event.set()
+
+    def discard(self, key: Hashable) -> None:
+        """A sequential reader has read all of key: drop it (the kernel's page cache
+        keeps those bytes; nothing else reads them again soon)."""
+        with self._lock:
+            value = self._lru.pop(key, None)
+            if value is not None:
+                self.used -= len(value)
+                self.ahead_used -= self._ahead.pop(key, 0)
+                self.stats.taken += 1
 
     def lookup(self, key: Hashable):
         """The cached value for key (a hit), or None without loading anything."""
@@ -121,19 +211,23 @@ class ChunkCache:
         self._lru[key] = value
         self.used += size
         while self.used > self.budget:
-            _, old = self._lru.popitem(last=False)
+            old_key, old = self._lru.popitem(last=False)
             self.used -= len(old)
+            self.ahead_used -= self._ahead.pop(old_key, 0)
             self.stats.evictions += 1
 
     def clear(self) -> None:
         with self._lock:
             self._lru.clear()
+            self._ahead.clear()
             self.used = 0
+            self.ahead_used = sum(f.ahead for f in self._inflight.values())
 
     def snapshot(self) -> dict:
         with self._lock:
             d = self.stats.as_dict()
             d["used_bytes"] = self.used
+            d["ahead_bytes"] = self.ahead_used
             d["budget_bytes"] = self.budget
             d["entries"] = len(self._lru)
             return d

@@ -21,7 +21,7 @@ from .container import DEFAULT_CHUNK_SIZE, is_container, validate_chunk_size
 from .deltas import choose_base
 from .errors import CorruptContainer, FpfsError, NotSafetensors
 from .formats import Layout, detect
-from .packed_file import DEFAULT_PREFETCH
+from .readahead import DEFAULT_WINDOW
 from .progress import ProgressBar, human_bytes
 from .stats import container_stats, merge_stats
 from .store import is_url, split_url
@@ -486,6 +486,7 @@ def add_disk_cache_options(p: argparse.ArgumentParser):
     return g
 
 
+DEFAULT_CACHE = "256M"
 STORE_OPTIONS = ("endpoint_url", "region", "concurrency", "request_size", "readahead",
                  "timeout", "retries", "deadline")
 
@@ -588,13 +589,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("mountpoint", metavar="MOUNTPOINT")
     m.add_argument("--foreground", "-f", action="store_true",
                    help="stay attached and log to stderr (Ctrl-C unmounts)")
-    m.add_argument("--cache-size", type=parse_size, default=parse_size("1G"),
-                   help="memory for decoded chunks (default 1G)")
+    m.add_argument("--cache-size", type=parse_size, default=parse_size(DEFAULT_CACHE),
+                   help="memory for decoded chunks: those decoded ahead of sequential "
+                        "readers (up to half of it, dropped once read: the kernel's page "
+                        "cache keeps what was read) and those random readers touched "
+                        f"(default {DEFAULT_CACHE})")
     m.add_argument("--threads", type=int, default=None,
-                   help="prefetch/decode threads (default: number of cores)")
-    m.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH, metavar="CHUNKS",
-                   help="chunks decoded ahead of a sequential reader (default "
-                        f"{DEFAULT_PREFETCH}; 0 turns prefetch off)")
+                   help="threads that decode ahead (default: number of cores)")
+    m.add_argument("--decode-ahead", type=parse_size, default=DEFAULT_WINDOW, metavar="SIZE",
+                   help="most bytes decoded ahead of one sequential reader, on all cores "
+                        f"(default {human_bytes(DEFAULT_WINDOW)}; 0: off)")
     m.add_argument("--writable", action="store_true",
                    help="allow writes: files written through the mount are stored "
                         "compressed (weight formats and files of 64 KiB or more, by "

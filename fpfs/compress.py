@@ -12,7 +12,7 @@ from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import parallel, tempfiles
 from .bases import BASES_DIR, keep_base, stored_name
-from .codecs import DEFAULT_MIN_SAVING_PPM, block_type, dtype_code, encode_chunk
+from .codecs import DEFAULT_MIN_SAVING_PPM, block_type, dtype_code, encode_chunk, untyped_level
 from .container import (DEFAULT_CHUNK_SIZE, BaseRef, ChunkRecord, Container, ContainerWriter,
                         checksum, is_container, validate_chunk_size)
 from .deltas import BaseSource, match_regions
@@ -66,8 +66,8 @@ def plan_chunks(layout: Layout, chunk_size: int,
     return chunks
 
 
-def _encode(fd: int, chunk: Chunk, min_saving_ppm: int,
-            base: Optional[BaseSource]) -> Tuple[ChunkRecord, bytes]:
+def encode_at(fd: int, chunk: Chunk, min_saving_ppm: int,
+            base: Optional[BaseSource], level_untyped: int) -> Tuple[ChunkRecord, bytes]:
     """Read and encode one chunk (os.pread, not mmap: a source that shrinks or a full tmpfs
     must be an error, not a SIGBUS that kills the process, e.g. the mount daemon)."""
     off, length, dtype, base_off = chunk
@@ -77,7 +77,8 @@ def _encode(fd: int, chunk: Chunk, min_saving_ppm: int,
     base_bytes = None
     if base is not None and base_off is not None:
         base_bytes = (base_off, base.read(base_off, length))
-    codec, payload = encode_chunk(memoryview(data), dtype, min_saving_ppm, base_bytes)
+    codec, payload = encode_chunk(memoryview(data), dtype, min_saving_ppm, base_bytes,
+                                  level_untyped=level_untyped)
     return ChunkRecord(off, length, codec, dtype_code(dtype), checksum(data), payload), data
 
 
@@ -244,8 +245,9 @@ def _write_container(fd, layout, file, chunk_size, threads, progress, min_saving
     writer = ContainerWriter(file, prefix, layout.file_size, chunk_size, ref)
     done = layout.prefix_length
     synced = 0
+    level = untyped_level(sum(r.length for r in layout.regions if r.tensor is None))
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fpfs-enc") as pool:
-        encode = lambda chunk: _encode(fd, chunk, min_saving_ppm, base)  # noqa: E731
+        encode = lambda chunk: encode_at(fd, chunk, min_saving_ppm, base, level)  # noqa: E731
         for rec, data in _ordered_map(pool, encode,
                                       plan_chunks(layout, chunk_size, base_offsets),
                                       4 * threads):

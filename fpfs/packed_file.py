@@ -3,10 +3,9 @@ bisects the chunk table, takes decoded chunks from the cache (or decodes them, o
 slices. This is the whole read path; the FUSE layer only translates paths and errors."""
 from __future__ import annotations
 
+import bisect
 import io
-import threading
 import time
-from concurrent.futures import Executor
 from typing import Optional, Union
 
 import numpy as np
@@ -16,26 +15,21 @@ from .bases import MAX_CHAIN, find_base
 from .cache import ChunkCache
 from .container import Container
 from .errors import CorruptContainer, MissingBase
+from .readahead import GROUP_BYTES, ReadAhead, Streams
 from .store import Store, StoreObject, store_for
-
-# Chunks decoded ahead of a sequential reader on a thread pool. Off by default: through the
-# mount the kernel's readahead already sends concurrent 1 MiB requests that keep both cores
-# decoding, and prefetch measured 10-20 % slower on cold sequential reads (2-core machine,
-# bench/bench_mount.py). Worth trying with more cores than concurrent requests.
-DEFAULT_PREFETCH = 0
-
 
 class PackedFile:
     def __init__(self, source: Union[str, StoreObject, Container],
                  cache: Optional[ChunkCache] = None,
-                 prefetch_pool: Optional[Executor] = None, prefetch: int = DEFAULT_PREFETCH,
+                 readahead: Optional[ReadAhead] = None,
                  root: Optional[str] = None, _depth: int = 0, store: Optional[Store] = None):
         """source: a .fpz path or s3:// URL, an opened StoreObject, or an already open
         Container (then shared, not closed separately). root: the top of the tree to look
         for a delta's base in (bases.py); store: where to look (default: the store the
         source came from). A delta's base is opened here too, sharing the cache (so N
         fine-tunes of one base decode each base chunk once); MissingBase if it cannot be
-        found or is not the file the delta was coded against."""
+        found or is not the file the delta was coded against. readahead: decode ahead of
+        sequential readers of read_into on its pool (fpfs/readahead.py); None: never."""
         if isinstance(source, str):
             source = (store or store_for(source)).open(source)
         self.container = source if isinstance(source, Container) else Container(source)
@@ -54,11 +48,16 @@ class PackedFile:
             if not isinstance(source, Container):
                 self.container.close()
             raise
-        self._pool = prefetch_pool
-        self._prefetch = prefetch if prefetch_pool is not None else 0
+        self._readahead = readahead if readahead is not None and readahead.window else None
+        self._streams = Streams()
         self._prefix = np.frombuffer(self.container.prefix, dtype=np.uint8)
-        self._next_sequential = -1
-        self._lock = threading.Lock()
+        # Chunks some read has taken to their end (the kernel's page cache has them, so
+        # they are not decoded ahead again), and where tensors start: chunks are cut at
+        # multiples of the chunk size, so a chunk that starts elsewhere starts a region.
+        self._served = bytearray(len(self.container)) if self._readahead else bytearray()
+        offsets = self.container.table["orig_offset"]
+        self._region_starts = offsets[offsets % self.container.chunk_size != 0].tolist() \
+            if self._readahead else []
 
     def _open_base(self, root: Optional[str], depth: int) -> "PackedFile":
         ref = self.container.base
@@ -113,10 +112,13 @@ class PackedFile:
 
     def read_into(self, offset: int, out) -> int:
         """Copy the original bytes at offset into the writable buffer out (fewer bytes only
-        at end of file); returns the count. Whole chunks that are not cached are decoded
-        straight into out - no allocation, no page faults, no second copy - and only the
-        partly read chunks at the edges go through the cache, where the neighbouring
-        request will find them. Raises CorruptChunk (nothing returned is ever wrong)."""
+        at end of file); returns the count. Whole chunks that nobody has decoded or is
+        decoding are decoded straight into out - no allocation, no page faults, no second
+        copy - and only the partly read chunks at the edges go through the cache, where the
+        neighbouring request will find them. A read that continues a sequential stream
+        first has the chunks after it decoded ahead (readahead), and drops from the cache
+        the chunks it reads to their end. Raises CorruptChunk (nothing returned is ever
+        wrong)."""
         dst = np.frombuffer(out, dtype=np.uint8)
         if offset < 0:
             raise ValueError("negative offset")
@@ -127,40 +129,120 @@ class PackedFile:
             stop = min(end, plen)
             dst[:stop - pos] = self._prefix[pos:stop]
             pos = stop
-        last = -1
+        sequential = False
         if pos < end:
+            if self._readahead is not None:
+                sequential, ahead = self._streams.note(offset, end, self._readahead.window,
+                                                       self._region_start)
+                if ahead is not None:
+                    self._decode_ahead(*ahead)
             self.prepare(pos, end)
+        cache, identity = self.cache, self.container.identity
         while pos < end:
             index = self.container.chunk_index(pos)
             start, length = self.container.chunk_span(index)
             stop = min(end, start + length)
-            target = dst[pos - offset:stop - offset]
-            key = (self.container.identity, index)
-            cached = self.cache.lookup(key)
-            if cached is None and pos == start and stop == start + length:
-                # A run of whole chunks the cache does not hold: decoded together, straight
-                # into the reader's buffer.
-                last_in_run = index
-                while stop < end and last_in_run + 1 < len(self.container):
-                    nstart, nlength = self.container.chunk_span(last_in_run + 1)
+            key = (identity, index)
+            cached = cache.lookup(key)
+            if cached is None and pos == start and stop == start + length and cache.claim(key):
+                # A run of whole chunks nobody has decoded or is decoding: claimed (so the
+                # pool does not decode them too) and decoded together into out.
+                claimed = [key]
+                while stop < end and index + len(claimed) < len(self.container):
+                    nstart, nlength = self.container.chunk_span(index + len(claimed))
                     if nstart + nlength > end or \
-                            self.cache.contains((self.container.identity, last_in_run + 1)):
+                            not cache.claim((identity, index + len(claimed))):
                         break
-                    last_in_run += 1
+                    claimed.append((identity, index + len(claimed)))
                     stop = nstart + nlength
                 t0 = time.perf_counter()
-                self.container.decode_run_into(index, last_in_run,
-                                               memoryview(dst[pos - offset:stop - offset]))
-                self.cache.record_direct(stop - pos, time.perf_counter() - t0)
-                index = last_in_run
+                try:
+                    self.container.decode_run_into(index, index + len(claimed) - 1,
+                                                   memoryview(dst[pos - offset:stop - offset]))
+                finally:
+                    for k in claimed:
+                        cache.abandon(k)
+                cache.record_direct(stop - pos, time.perf_counter() - t0)
+                if self._served:
+                    self._served[index:index + len(claimed)] = b"\1" * len(claimed)
             else:
                 chunk = cached if cached is not None else self.chunk(index)
-                target[:] = chunk[pos - start:stop - start]
+                dst[pos - offset:stop - offset] = chunk[pos - start:stop - start]
+                if stop == start + length:
+                    if self._served:
+                        self._served[index] = 1
+                    if sequential:
+                        cache.discard(key)
             pos = stop
-            last = index
-        if last >= 0:
-            self._maybe_prefetch(offset, end, last)
         return max(0, end - offset)
+
+    def _region_start(self, pos: int) -> int:
+        """Where the first region (tensor) at or after pos starts (the file size if none)."""
+        i = bisect.bisect_left(self._region_starts, pos)
+        return self._region_starts[i] if i < len(self._region_starts) else self.size
+
+    def _decode_ahead(self, start: int, end: int) -> None:
+        """Have the pool decode the chunks of [start, end) that nobody has, in groups of
+        about GROUP_BYTES, as far as the ahead budget allows."""
+        c = self.container
+        target, end = end, min(end, self.size)
+        start = max(start, len(self._prefix))
+        if start >= end:
+            return
+        identity, cache = c.identity, self.cache
+        group: list = []
+        group_bytes = 0
+        index, last = c.chunk_index(start), c.chunk_index(end - 1)
+        while index <= last:
+            cstart, length = c.chunk_span(index)
+            if cache.ahead_used + length > cache.ahead_budget:
+                self._streams.scheduled_to(target, cstart)
+                break
+            flight = None if self._served[index] else cache.claim((identity, index), length)
+            if flight is not None:
+                group.append((index, flight))
+                group_bytes += length
+            elif group:
+                self._readahead.pool.submit(self._decode_group, group)
+                group, group_bytes = [], 0
+            if group and (group_bytes >= GROUP_BYTES or index == last):
+                self._readahead.pool.submit(self._decode_group, group)
+                group, group_bytes = [], 0
+            index += 1
+        if group:
+            self._readahead.pool.submit(self._decode_group, group)
+
+    def _decode_group(self, group: list) -> None:
+        """Pool task: decode the claimed chunks of group ([(index, flight)], consecutive)
+        into the cache, but those a reader took over meanwhile. On any error they are
+        given up, and the readers that want them decode them themselves (and see the
+        error, or the right bytes)."""
+        mine = self.cache.begin([flight for _, flight in group])
+        run: list = []
+        for (index, _), ours in zip(group + [(-1, None)], mine + [False]):
+            if ours:
+                run.append(index)
+            elif run:
+                self._decode_run_ahead(run[0], run[-1])
+                run = []
+
+    def _decode_run_ahead(self, first: int, last: int) -> None:
+        c = self.container
+        keys = [(c.identity, i) for i in range(first, last + 1)]
+        start = c.chunk_span(first)[0]
+        end = sum(c.chunk_span(last))
+        t0 = time.perf_counter()
+        try:
+            buf = np.empty(end - start, dtype=np.uint8)
+            c.decode_run_into(first, last, memoryview(buf))
+        except BaseException:
+            for k in keys:
+                self.cache.abandon(k)
+            return
+        share = (time.perf_counter() - t0) / (end - start)
+        for k, i in zip(keys, range(first, last + 1)):
+            cstart, length = c.chunk_span(i)
+            self.cache.fulfil(k, buf[cstart - start:cstart - start + length], share * length)
 
     def prepare(self, pos: int, end: int) -> None:
         """Tell the store which chunks of [pos, end) are about to be decoded (not those the
@@ -180,25 +262,6 @@ class PackedFile:
         buf = bytearray(max(0, min(size, self.size - offset)))
         n = self.read_into(offset, buf)
         return bytes(buf[:n]) if n < len(buf) else bytes(buf)
-
-    def _maybe_prefetch(self, offset: int, end: int, last: int) -> None:
-        if not self._prefetch:
-            return
-        with self._lock:
-            sequential = offset == self._next_sequential
-            self._next_sequential = end
-        if not sequential:
-            return
-        for index in range(last + 1, min(last + 1 + self._prefetch, len(self.container))):
-            key = (self.container.identity, index)
-            if not self.cache.contains(key):
-                self._pool.submit(self._prefetch_one, index)
-
-    def _prefetch_one(self, index: int) -> None:
-        try:
-            self.chunk(index)
-        except Exception:
-            pass   # the reader that needs this chunk will decode it again and see the error
 
     def close(self) -> None:
         self.container.close()

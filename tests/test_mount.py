@@ -532,7 +532,7 @@ def test_status_reports(shared, tree):
     assert s["bytes_served"] > 0 and s["reads"] > 0
     for key in ("hit_rate", "decode_gbps", "used_bytes", "budget_bytes"):
         assert key in s["cache"]
-    assert s["cache"]["budget_bytes"] == 1 << 30
+    assert s["cache"]["budget_bytes"] == 256 << 20
     res = cli("status", shared.mountpoint, check=True)
     assert "served" in res.stdout and "cache" in res.stdout
 

@@ -21,7 +21,7 @@ from .delta import DeltaCodec
 from .dtypes import DTYPE_CODES, DTYPE_NAMES, dtype_code, dtype_name, plane_layout
 from .errors import DecodeError
 from .expmant import DTYPES as EXPMANT_DTYPES, ExpMantCodec
-from .general import LEVEL_TYPED, LEVEL_UNTYPED, ZstdCodec
+from .general import LEVEL_TYPED, LEVEL_UNTYPED, ZstdCodec, untyped_level
 from .masked import MaskedCodec
 from .planes import DEFAULT_MIN_SAVING_PPM, PlanesCodec, RawCodec, scratch
 
@@ -53,8 +53,10 @@ BaseReader = Callable[[int, int], memoryview]       # (base offset, length) -> b
 
 def encode_standalone(data: memoryview, dtype: str,
                       min_saving_ppm: int = DEFAULT_MIN_SAVING_PPM,
-                      exhaustive: bool = False) -> Tuple[int, bytes]:
-    """(codec id, payload) of the smallest encoding of one chunk on its own."""
+                      exhaustive: bool = False,
+                      level_untyped: int = LEVEL_UNTYPED) -> Tuple[int, bytes]:
+    """(codec id, payload) of the smallest encoding of one chunk on its own; untyped
+    (RAW) bytes try zstd at level_untyped (general.untyped_level)."""
     n = len(data)
     best: Tuple[int, bytes] = (CODEC_RAW, b"")
     best_size = n
@@ -77,7 +79,7 @@ def encode_standalone(data: memoryview, dtype: str,
         offer(CODEC_MASKED, CODECS[CODEC_MASKED].encode(data, dtype, min_saving_ppm))
     width = plane_layout(dtype, n)[0]
     if dtype == "RAW":
-        offer(CODEC_ZSTD, CODECS[CODEC_ZSTD].encode(data, LEVEL_UNTYPED))
+        offer(CODEC_ZSTD, CODECS[CODEC_ZSTD].encode(data, level_untyped))
     elif exhaustive or ((width == 1 or btype is not None) and zstd_may_pay(data, best_size)):
         offer(CODEC_ZSTD, CODECS[CODEC_ZSTD].encode(data, LEVEL_TYPED))
     if best[0] == CODEC_RAW:
@@ -103,10 +105,12 @@ def zstd_may_pay(data: memoryview, best_size: int) -> bool:
 def encode_chunk(data: memoryview, dtype: str,
                  min_saving_ppm: int = DEFAULT_MIN_SAVING_PPM,
                  base: Optional[Tuple[int, memoryview]] = None,
-                 exhaustive: bool = False) -> Tuple[int, bytes]:
+                 exhaustive: bool = False,
+                 level_untyped: int = LEVEL_UNTYPED) -> Tuple[int, bytes]:
     """(codec id, payload) of the smallest encoding of one chunk; with base = (offset in
     the base file, the base's bytes there), delta encodings compete too."""
-    codec, payload = encode_standalone(data, dtype, min_saving_ppm, exhaustive)
+    codec, payload = encode_standalone(data, dtype, min_saving_ppm, exhaustive,
+                                       level_untyped)
     if base is not None:
         delta = CODECS[CODEC_DELTA].encode(data, dtype, base[0], base[1], min_saving_ppm,
                                            len(payload))
@@ -132,5 +136,5 @@ __all__ = [
     "CODEC_DELTA", "CODEC_MASKED", "CODEC_EXPMANT", "CODECS", "CODEC_NAMES", "V1_CODECS",
     "V4_CODECS", "BLOCK_TYPES", "DecodeError",
     "encode_chunk", "encode_standalone", "decode_chunk", "BaseReader", "DTYPE_CODES",
-    "DTYPE_NAMES", "dtype_code", "dtype_name", "plane_layout", "scratch",
+    "DTYPE_NAMES", "dtype_code", "dtype_name", "plane_layout", "scratch", "untyped_level",
 ]

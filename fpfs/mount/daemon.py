@@ -11,13 +11,14 @@ import threading
 import time
 from typing import Optional
 
-from ..packed_file import DEFAULT_PREFETCH
+from ..readahead import DEFAULT_WINDOW
 from .ops import FpfsOperations, fuse
 from ..store.remote_tree import RemoteConfig
 from .remote_ops import RemoteOperations
 
 log = logging.getLogger("fpfs.mount")
 READAHEAD_KB = 1024
+MAX_BACKGROUND = 64
 
 
 def sd_notify(message: str) -> None:
@@ -131,6 +132,9 @@ class _Announcing:
     def init_with_config(self, conn, config):
         if conn is not None and hasattr(conn, "max_readahead"):
             conn.max_readahead = READAHEAD_KB * 1024
+        if conn is not None and hasattr(conn, "max_background"):
+            conn.max_background = MAX_BACKGROUND
+            conn.congestion_threshold = MAX_BACKGROUND * 3 // 4
         if config is not None:
             # Files are immutable while their backing file stays the same: FpfsOperations.open
             # keeps the page cache across opens and drops it when a backing file was replaced
@@ -169,16 +173,16 @@ class _RemoteOperations(_Announcing, RemoteOperations):
 
 def run(backing: str, mountpoint: str, cache_bytes: int, threads: int,
         allow_other: bool = False, debug: bool = False, ready_fd: Optional[int] = None,
-        writable: bool = False, prefetch: int = DEFAULT_PREFETCH,
+        writable: bool = False, decode_ahead: int = DEFAULT_WINDOW,
         remote: Optional[RemoteConfig] = None, metrics: Optional[str] = None) -> None:
     """Serve backing (a local tree, or with remote an s3:// URL) at mountpoint until
     unmounted; with metrics (HOST:PORT), Prometheus metrics there too."""
     tune_malloc()
     if remote is not None:
-        ops = _RemoteOperations(backing, remote, cache_bytes, threads, prefetch,
+        ops = _RemoteOperations(backing, remote, cache_bytes, threads, decode_ahead,
                                 mountpoint=mountpoint, ready_fd=ready_fd)
     else:
-        ops = _LocalOperations(backing, cache_bytes, threads, writable, prefetch,
+        ops = _LocalOperations(backing, cache_bytes, threads, writable, decode_ahead,
                                mountpoint=mountpoint, ready_fd=ready_fd)
     if metrics:
         from ..metrics import serve

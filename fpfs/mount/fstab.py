@@ -20,7 +20,7 @@ IGNORED_PREFIXES = ("x-", "comment=")
 # fpfs mount flags that take no value.
 SWITCHES = {"allow_other", "writable", "debug"}
 # fpfs mount flags that take one: everything a fleet's fstab line may want to set.
-VALUED = {"cache_size", "threads", "prefetch", "log_file", "metrics", "endpoint_url",
+VALUED = {"cache_size", "threads", "decode_ahead", "log_file", "metrics", "endpoint_url",
           "region", "concurrency", "request_size", "readahead", "timeout", "retries",
           "deadline", "cache_dir", "disk_cache_size", "metadata_ttl"}
 

@@ -77,7 +77,7 @@ def mount(args) -> int:
         from .daemon import run
         ready_fd = getattr(args, "ready_fd", None)
         run(args.backing, args.mountpoint, args.cache_size, threads, args.allow_other,
-            args.debug, ready_fd, args.writable, args.prefetch, remote, args.metrics)
+            args.debug, ready_fd, args.writable, args.decode_ahead, remote, args.metrics)
         return 0
     return _spawn(args, threads)
 
@@ -89,7 +89,7 @@ def _spawn(args, threads: int) -> int:
     backing = args.backing if is_url(args.backing) else os.path.abspath(args.backing)
     cmd = [sys.executable, "-m", "fpfs.cli", "mount", backing,
            os.path.abspath(args.mountpoint), "--foreground", "--cache-size",
-           str(args.cache_size), "--threads", str(threads), "--prefetch", str(args.prefetch),
+           str(args.cache_size), "--threads", str(threads), "--decode-ahead", str(args.decode_ahead),
            "--ready-fd", str(w)] + _store_flags(args)
     if args.allow_other:
         cmd.append("--allow-other")

@@ -14,7 +14,6 @@ import stat
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .. import SUFFIX, _kernels
@@ -22,7 +21,8 @@ from ..bases import BASES_DIR
 from ..cache import ChunkCache
 from ..container import is_container
 from ..errors import FpfsError
-from ..packed_file import DEFAULT_PREFETCH, PackedFile
+from ..packed_file import PackedFile
+from ..readahead import DEFAULT_WINDOW, ReadAhead
 from ..store import StoreObject
 from .fuse_lib import load
 from ..tempfiles import TMP_PREFIX
@@ -69,12 +69,11 @@ class ReadOperations(fuse.Operations):
     use_ns = True
 
     def __init__(self, root: str, cache_bytes: int, threads: int,
-                 prefetch: int = DEFAULT_PREFETCH):
+                 decode_ahead: int = DEFAULT_WINDOW):
         self.root = root
         self.staging: Optional[StagingArea] = None
         self.cache = ChunkCache(cache_bytes)
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fpfs-prefetch")
-        self.prefetch = prefetch
+        self.readahead = ReadAhead(threads, decode_ahead)
         self._files: Dict[str, object] = {}           # backing name -> open container
         self._handles: Dict[int, _Handle] = {}
         self._opened: Dict[str, tuple] = {}           # mount path -> identity at last open
@@ -198,7 +197,7 @@ class ReadOperations(fuse.Operations):
         return (json.dumps(self.status()) + "\n").encode().ljust(STATUS_SIZE)
 
     def destroy(self, path):
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.readahead.shutdown()
         with self._lock:
             for pf in self._files.values():
                 pf.close()
@@ -214,8 +213,8 @@ class FpfsOperations(ReadOperations):
     root."""
 
     def __init__(self, backing: str, cache_bytes: int, threads: int, writable: bool = False,
-                 prefetch: int = DEFAULT_PREFETCH):
-        super().__init__(os.path.realpath(backing), cache_bytes, threads, prefetch)
+                 decode_ahead: int = DEFAULT_WINDOW):
+        super().__init__(os.path.realpath(backing), cache_bytes, threads, decode_ahead)
         self.staging = StagingArea(self.root) if writable else None
         self.name_max = os.statvfs(self.root).f_namemax
         self._hidden: Dict[str, _Hidden] = {}   # libfuse's .fuse_hidden name -> the file
@@ -272,7 +271,7 @@ class FpfsOperations(ReadOperations):
             if pf is not None and pf.identity == ident:
                 return pf
         try:
-            pf = PackedFile(real, self.cache, self.pool, self.prefetch, root=self.root)
+            pf = PackedFile(real, self.cache, self.readahead, root=self.root)
         except FpfsError as exc:
             log.error("cannot open %s: %s", real, exc)
             raise FuseOSError(errno.EIO) from None
@@ -468,7 +467,9 @@ class FpfsOperations(ReadOperations):
         if handle is None or handle.staged is None:
             raise FuseOSError(errno.EBADF)
         handle.staged.dirty = True
-        return os.pwrite(handle.fd, data, offset)
+        n = os.pwrite(handle.fd, data, offset)
+        self.staging.wrote(handle.staged, offset, n)
+        return n
 
     def truncate(self, path, length, fh=None):
         staging = self._writable()
@@ -478,11 +479,13 @@ class FpfsOperations(ReadOperations):
                 raise FuseOSError(errno.EBADF if handle.fd >= 0 else errno.EINVAL)
             os.ftruncate(handle.fd, length)
             handle.staged.dirty = True
+            self.staging.changed(handle.staged, "truncated")
             return 0
         staged = self._staged(path)
         if staged is not None:
             os.ftruncate(staged.fd, length)
             staged.dirty = True
+            self.staging.changed(staged, "truncated")
             return 0
         real, packed = self._resolve(path)
         if not packed and not _is_regular(real):
@@ -502,6 +505,7 @@ class FpfsOperations(ReadOperations):
             raise FuseOSError(errno.EBADF)
         _fallocate(handle.fd, mode, offset, size)
         handle.staged.dirty = True
+        self.staging.changed(handle.staged, "fallocate")
         return 0
 
     def flush(self, path, fi):

@@ -14,7 +14,8 @@ from typing import Dict, Tuple
 from .. import SUFFIX
 from ..bases import BASES_DIR
 from ..errors import FpfsError, ObjectChanged
-from ..packed_file import DEFAULT_PREFETCH, PackedFile
+from ..packed_file import PackedFile
+from ..readahead import DEFAULT_WINDOW
 from ..store.manifest import Entry
 from ..store.remote_tree import RemoteConfig, open_tree
 from .ops import STATUS_NAME, WRITE_FLAGS, FuseOSError, ReadOperations, _Handle, shown_names
@@ -24,8 +25,8 @@ log = logging.getLogger("fpfs.mount")
 
 class RemoteOperations(ReadOperations):
     def __init__(self, url: str, config: RemoteConfig, cache_bytes: int, threads: int,
-                 prefetch: int = DEFAULT_PREFETCH):
-        super().__init__(url.rstrip("/"), cache_bytes, threads, prefetch)
+                 decode_ahead: int = DEFAULT_WINDOW):
+        super().__init__(url.rstrip("/"), cache_bytes, threads, decode_ahead)
         self.tree = open_tree(url, config)
         self._versions: Dict[str, Tuple[str, int]] = {}     # backing name -> (ETag, size)
         self._uid, self._gid = os.getuid(), os.getgid()
@@ -52,8 +53,8 @@ class RemoteOperations(ReadOperations):
             if pf is not None and self._versions.get(e.path) == version:
                 return pf
         try:
-            pf = PackedFile(self.tree.open(self.tree.url_of(e.path)), self.cache, self.pool,
-                            self.prefetch, root=self.tree.url, store=self.tree)
+            pf = PackedFile(self.tree.open(self.tree.url_of(e.path)), self.cache,
+                            self.readahead, root=self.tree.url, store=self.tree)
         except FpfsError as exc:
             log.error("cannot open %s: %s", self.tree.url_of(e.path), exc)
             self._read_failed(exc)

@@ -2,7 +2,8 @@
 file at the top of the backing tree (never in the user's directory, so an `rmdir` right
 after a close never sees it - FUSE's release is asynchronous); when the last writer closes
 it, it is stored for good: content that fpfs recognises (fpfs.formats: sniffed, not named)
-is compressed to TARGET.fpz - as a delta when a file beside it holds the same tensors (a
+is compressed to TARGET.fpz (a safetensors file written in order already is, chunk by
+chunk as its bytes arrived: fpfs/stream_compress.py) - as a delta when a file beside it holds the same tensors (a
 checkpoint saved next to the previous one, a fine-tune next to its base) - anything else
 published as TARGET, each atomically (temporary file, fsync, rename). The previous version
 stays intact until then, so a crash or a full disk loses at most the file being written.
@@ -16,6 +17,7 @@ import shutil
 import stat
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Optional, Tuple
 
 from .. import SUFFIX, tempfiles
@@ -23,6 +25,8 @@ from ..compress import compress_if_smaller, worth_compressing, write_original
 from ..deltas import choose_base, neighbour_candidates
 from ..formats import detect
 from ..packed_file import PackedFile
+from ..parallel import default_threads
+from ..stream_compress import StreamingCompressor
 from ..tree import copy_metadata
 
 log = logging.getLogger("fpfs.mount")
@@ -31,7 +35,7 @@ Owner = Tuple[int, int]          # (uid, gid); -1 leaves that one as the daemon 
 
 
 class StagedFile:
-    __slots__ = ("target", "path", "fd", "refs", "dirty", "orphaned")
+    __slots__ = ("target", "path", "fd", "refs", "dirty", "orphaned", "stream")
 
     def __init__(self, target: str, path: str, fd: int):
         self.target = target      # backing path the file will have (without .fpz)
@@ -40,6 +44,7 @@ class StagedFile:
         self.refs = 0
         self.dirty = False
         self.orphaned = False     # its name was unlinked or renamed over: never stored
+        self.stream: Optional[StreamingCompressor] = None   # compressing as it is written
 
 
 class StagingArea:
@@ -48,6 +53,8 @@ class StagingArea:
         self._staged: Dict[str, StagedFile] = {}
         self._lock = threading.Lock()
         self._name_max = os.statvfs(root).f_namemax
+        # Encoders of files compressed as they are written (threads start on first use).
+        self._encoders = ThreadPoolExecutor(default_threads(), thread_name_prefix="fpfs-stream")
 
     def clean_leftovers(self) -> int:
         """Remove temporary files a killed daemon or compressor left; returns the count."""
@@ -75,9 +82,12 @@ class StagingArea:
             if staged is None:
                 staged = self._stage(target, existing, packed, truncate, mode, owner)
                 self._staged[target] = staged
+                if (existing is None or truncate) and self._may_compress(target):
+                    staged.stream = self._streaming(staged)
             elif truncate:
                 os.ftruncate(staged.fd, 0)
                 staged.dirty = True
+                self.changed(staged, "truncated")
             staged.refs += 1
             if truncate or existing is None:
                 staged.dirty = True
@@ -116,6 +126,24 @@ class StagingArea:
             os.unlink(path)
             raise
         return StagedFile(target, path, fd)
+
+    def _streaming(self, staged: StagedFile) -> StreamingCompressor:
+        def needs_base(layout) -> bool:
+            return choose_base(layout, neighbour_candidates(staged.target, self.root)) \
+                is not None
+        return StreamingCompressor(staged.fd, self.root, self._encoders, needs_base,
+                                   self.root)
+
+    def wrote(self, staged: StagedFile, offset: int, length: int) -> None:
+        """length bytes were written at offset (the stream compresses what is complete)."""
+        if staged.stream is not None:
+            staged.stream.wrote(offset, length)
+
+    def changed(self, staged: StagedFile, why: str) -> None:
+        """The staged content changed other than by a write (truncate, fallocate): what
+        was compressed on the way may be stale, so the file is compressed whole."""
+        if staged.stream is not None:
+            staged.stream.give_up(why)
 
     def move(self, old_target: str, new_target: str) -> None:
         """A name (a file, or a directory with files being written under it) was renamed:
@@ -186,8 +214,14 @@ class StagingArea:
         base = choose_base(layout, candidates)
         tmp = os.path.join(self.root, f"{tempfiles.TMP_PREFIX}pub-{uuid.uuid4().hex}{SUFFIX}")
         try:
-            if compress_if_smaller(staged.path, tmp, layout=layout, base=base,
-                                   store_root=self.root) is None:
+            streamed = self._streamed(staged, layout, base)
+            if streamed is not None:
+                streamed.dst = tmp
+                streamed.commit()
+                if os.path.getsize(tmp) >= layout.file_size:
+                    return False
+            elif compress_if_smaller(staged.path, tmp, layout=layout, base=base,
+                                     store_root=self.root) is None:
                 return False
             st = os.fstat(staged.fd)
             _chown(tmp, (st.st_uid, st.st_gid))
@@ -197,6 +231,20 @@ class StagingArea:
         finally:
             _remove_file(tmp)
         return True
+
+    def _streamed(self, staged: StagedFile, layout, base):
+        """The container the stream wrote while the file was written (AtomicOutput), if
+        it is exactly what compressing the file whole would store now; else None."""
+        stream = staged.stream
+        if stream is None:
+            return None
+        if base is not None:
+            stream.give_up("a delta base appeared")
+            return None
+        out = stream.finish(os.fstat(staged.fd).st_size, layout)
+        if out is not None:
+            staged.stream = None
+        return out
 
     def release(self, staged: StagedFile) -> None:
         """Drop one writer; the last one commits pending changes and removes the staging
@@ -213,6 +261,8 @@ class StagingArea:
         except OSError as exc:
             log.error("could not store %s: %s (previous version kept)", staged.target, exc)
         finally:
+            if staged.stream is not None:
+                staged.stream.give_up("closed")
             os.close(staged.fd)
             _remove_file(staged.path)
 

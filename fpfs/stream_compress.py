@@ -1,0 +1,197 @@
+"""Compressing a file while it is being written, chunk by chunk as its bytes arrive.
+
+A safetensors file written in order (cp, save_file, save_pretrained, rsync) announces its
+layout in its first bytes: the header names every tensor's dtype and place, and the file's
+size. From then on every chunk whose bytes have all been written is encoded at once, on a
+pool of one thread per core, and appended to a container being written beside it; when
+the writer closes the file only the last chunks, the trailer and the verification are
+left. Anything else - a write out of order, a truncate, another format, a file that needs
+a delta base, a size that does not match its header - gives the stream up, and the file is
+compressed whole when it is stored, as before. The staged file stays the source of truth
+either way (it is what a crash leaves), so this only decides how early the work is done.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Deque, Optional, Tuple
+
+from .codecs import DEFAULT_MIN_SAVING_PPM, untyped_level
+from .compress import AtomicOutput, encode_at, plan_chunks, verify_file
+from .container import DEFAULT_CHUNK_SIZE, ContainerWriter
+from .formats import FormatError, Layout
+from .formats.safetensors import header_length, layout_from_header
+
+log = logging.getLogger("fpfs")
+
+# Chunks encoded or being encoded and not yet appended: bounds the memory a fast writer
+# can make the stream hold (each is its original bytes plus its payload), and makes such a
+# writer wait for the encoders instead.
+MAX_PENDING = 64
+
+
+class StreamingCompressor:
+    """Encodes the staged file behind fd as it is written (wrote() after each write),
+    into a temporary container in directory. finish() hands the verified container over,
+    or None when the file must be compressed whole (then nothing is left behind)."""
+
+    def __init__(self, fd: int, directory: str, pool: ThreadPoolExecutor,
+                 needs_base: Callable[[Layout], bool], store_root: str,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE):
+        self._fd = fd
+        self._directory = directory
+        self._pool = pool
+        self._needs_base = needs_base
+        self._store_root = store_root
+        self._chunk_size = chunk_size
+        self._end = 0                   # bytes written in order from the start
+        self._layout: Optional[Layout] = None
+        self._todo: Deque[Tuple[int, int, str, None]] = collections.deque()
+        self._pending: Deque[Future] = collections.deque()
+        self._out: Optional[AtomicOutput] = None
+        self._writer: Optional[ContainerWriter] = None
+        self._sha = hashlib.sha256()
+        self._level = 0
+        self.given_up: Optional[str] = None
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        return self.given_up is None
+
+    def wrote(self, offset: int, length: int) -> None:
+        """length bytes were just written at offset of the staged file."""
+        with self._lock:
+            if self.given_up is not None or not length:
+                return
+            if offset != self._end:
+                self._give_up("written out of order")
+                return
+            self._end += length
+            try:
+                if self._layout is None and not self._read_layout():
+                    return
+                self._submit_written()
+                self._append_done(wait=len(self._pending) > MAX_PENDING)
+            except (OSError, FormatError, ValueError) as exc:
+                self._give_up(str(exc))
+
+    def give_up(self, why: str) -> None:
+        """The staged file changed other than by writing in order (truncate, fallocate,
+        a second writer from the start): compress it whole later."""
+        with self._lock:
+            if self.given_up is None:
+                self._give_up(why)
+
+    def finish(self, size: int, layout: Layout) -> Optional[AtomicOutput]:
+        """The writer is done, the staged file is size bytes long and has layout (as
+        fpfs.formats reads it now): the container, written and verified (the caller
+        commits it under its name, or aborts it), or None. A stream that cannot be
+        finished yet (fewer bytes than its header says) stays."""
+        with self._lock:
+            if self.given_up is not None or self._layout is None:
+                return None
+            if layout != self._layout and self._end == self._layout.file_size == size:
+                self._give_up("its layout differs from what its header said")
+                return None
+            if self._end != self._layout.file_size or size != self._end:
+                if size > self._layout.file_size or self._end > self._layout.file_size:
+                    self._give_up("longer than its header says")
+                return None
+            try:
+                self._submit_written()
+                self._append_done(wait=True, all_of_them=True)
+                self._writer.finish(self._sha.digest())
+                out, self._out = self._out, None
+                self.given_up = "finished"
+            except (OSError, FormatError, ValueError) as exc:
+                self._give_up(str(exc))
+                return None
+        try:
+            out.start_sync()
+            verify_file(out.tmp, root=self._store_root)
+        except BaseException:
+            out.abort()
+            raise
+        return out
+
+    # -- under the lock -------------------------------------------------------------------
+    def _read_layout(self) -> bool:
+        """Once the header is in: the layout, and the container started. False: not yet."""
+        if self._end < 16:
+            return False
+        head = os.pread(self._fd, 16, 0)
+        n = header_length(head, 1 << 62)
+        if n is None:
+            self._give_up("not a safetensors file")
+            return False
+        if self._end < 8 + n:
+            return False
+        raw = os.pread(self._fd, n, 8)
+        layout = layout_from_header(raw, 8 + n + _data_length(raw))
+        if self._needs_base(layout):
+            self._give_up("coded against a base")
+            return False
+        self._layout = layout
+        self._level = untyped_level(sum(r.length for r in layout.regions if r.tensor is None))
+        self._todo.extend(plan_chunks(layout, self._chunk_size))
+        prefix = os.pread(self._fd, layout.prefix_length, 0)
+        self._sha.update(prefix)
+        self._out = AtomicOutput(os.path.join(self._directory, "stream.fpz"))
+        self._writer = ContainerWriter(self._out.file, prefix, layout.file_size,
+                                       self._chunk_size)
+        return True
+
+    def _submit_written(self) -> None:
+        while self._todo and self._todo[0][0] + self._todo[0][1] <= self._end:
+            chunk = self._todo.popleft()
+            self._pending.append(self._pool.submit(
+                encode_at, self._fd, chunk, DEFAULT_MIN_SAVING_PPM, None, self._level))
+
+    def _append_done(self, wait: bool, all_of_them: bool = False) -> None:
+        while self._pending and (self._pending[0].done() or wait):
+            rec, data = self._pending.popleft().result()
+            self._sha.update(data)
+            self._writer.add(rec)
+            if not all_of_them and len(self._pending) <= MAX_PENDING // 2:
+                wait = False
+        if all_of_them and self._todo:
+            raise ValueError("chunks left unwritten")
+
+    def _give_up(self, why: str) -> None:
+        self.given_up = why
+        for fut in self._pending:
+            fut.cancel()
+        for fut in self._pending:
+            try:
+                fut.result()
+            except BaseException:       # noqa: BLE001 - the file is compressed whole later
+                pass
+        self._pending.clear()
+        self._todo.clear()
+        if self._out is not None:
+            self._out.abort()
+            self._out = None
+        log.debug("streaming compression given up: %s", why)
+
+
+def _data_length(raw: bytes) -> int:
+    """The data section's length a safetensors header implies (its largest end offset)."""
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise FormatError("header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise FormatError("header is not a JSON object")
+    ends = [info.get("data_offsets", [0, 0])[1] for name, info in header.items()
+            if name != "__metadata__" and isinstance(info, dict)
+            and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2]
+    if not all(isinstance(e, int) and e >= 0 for e in ends):
+        raise FormatError("invalid data_offsets")
+    return max(ends, default=0)
+

@@ -1,0 +1,250 @@
+"""Decoding ahead of sequential readers (fpfs/readahead.py, PackedFile.read_into) and
+compressing files as they are written (fpfs/stream_compress.py, mount/staging.py), tested
+without FUSE on real weights: bytes always equal the original, what is decoded ahead is
+dropped once read, random readers start nothing, a stuck pool never holds a reader up, a
+corrupt chunk is an error for its own reads only; and a stream that cannot be trusted
+(writes out of order, a truncate, a header that lies) falls back to compressing the whole
+file."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fpfs
+from fpfs.cache import ChunkCache
+from fpfs.codecs import LEVEL_TYPED, LEVEL_UNTYPED, untyped_level
+from fpfs.container import Container
+from fpfs.errors import CorruptChunk
+from fpfs.mount.staging import StagingArea
+from fpfs.packed_file import PackedFile
+from fpfs.readahead import FIRST_WINDOW, SEQUENTIAL_READS, ReadAhead, Streams
+from tests.st_files import build
+from tests.weights import load_real
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A BF16 safetensors file of about 12 MiB of all-MiniLM-L6-v2's real weights, and its
+    container."""
+    d = tmp_path_factory.mktemp("ahead")
+    tensors, total = [], 0
+    for name, value in sorted(load_real().items(), key=lambda kv: -kv[1].size):
+        bf16 = (np.ascontiguousarray(value, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        tensors.append((name, "BF16", bf16.tobytes()))
+        total += bf16.nbytes
+        if total > 12 * MiB:
+            break
+    content = build(tensors)
+    src = d / "m.safetensors"
+    src.write_bytes(content)
+    fpz = str(d / "m.safetensors.fpz")
+    fpfs.compress_file(str(src), fpz)
+    return content, fpz
+
+
+def sequential(pf: PackedFile, size: int, step: int = MiB) -> bytes:
+    out = bytearray(pf.size)
+    for off in range(0, pf.size, step):
+        n = pf.read_into(off, memoryview(out)[off:off + step])
+        assert n == min(step, pf.size - off)
+    return bytes(out)
+
+
+def note(s: Streams, offset: int, end: int, boundary=lambda pos: 1 << 62):
+    return s.note(offset, end, 32 * MiB, boundary)
+
+
+def test_streams_need_consecutive_reads():
+    s = Streams()
+    assert note(s, 0, MiB) == (False, None)
+    for k in range(1, SEQUENTIAL_READS - 1):
+        assert note(s, k * MiB, (k + 1) * MiB) == (True, None)
+    seq, ahead = note(s, (SEQUENTIAL_READS - 1) * MiB, SEQUENTIAL_READS * MiB)
+    assert seq and ahead == (SEQUENTIAL_READS * MiB, SEQUENTIAL_READS * MiB + FIRST_WINDOW)
+    # a far jump starts another stream; nothing ahead for it yet
+    assert note(s, 500 * MiB, 501 * MiB) == (False, None)
+    # the window grows while the first stream goes on, never past the largest
+    windows = []
+    for k in range(SEQUENTIAL_READS, SEQUENTIAL_READS + 12):
+        _, ahead = note(s, k * MiB, (k + 1) * MiB)
+        if ahead:
+            windows.append(ahead[1] - (k + 1) * MiB)
+    assert max(windows) == 32 * MiB and windows == sorted(windows)
+    # small reads scattered at random never make a stream
+    rng = np.random.default_rng(0)
+    s = Streams()
+    for _ in range(1000):
+        off = int(rng.integers(0, 1 << 30)) & ~4095
+        assert note(s, off, off + 4096)[1] is None
+
+
+def test_ahead_stops_at_the_tensor_end_until_a_stream_reads_across():
+    tensor_starts = [10 * MiB, 40 * MiB]
+
+    def boundary(pos):
+        return next((b for b in tensor_starts if b >= pos), 1 << 62)
+    s = Streams()
+    aheads = [note(s, k * MiB, (k + 1) * MiB, boundary)[1] for k in range(10)]
+    assert max(a[1] for a in aheads if a) == 10 * MiB       # not into the next tensor
+    for k in range(10, 12):                                  # reads on across it
+        note(s, k * MiB, (k + 1) * MiB, boundary)
+    _, ahead = note(s, 12 * MiB, 13 * MiB, boundary)
+    assert ahead is not None and ahead[1] > 13 * MiB + FIRST_WINDOW
+
+
+def test_sequential_reads_decode_ahead_and_drop_what_was_read(model):
+    content, fpz = model
+    cache = ChunkCache(64 * MiB)
+    ra = ReadAhead(2)
+    pf = PackedFile(fpz, cache, ra)
+    try:
+        assert sequential(pf, len(content)) == content
+        s = cache.snapshot()
+        assert s["ahead"] > len(pf.container) // 2       # most chunks came from the pool
+        assert s["taken"] >= s["ahead"] - 1
+        assert cache.used <= 2 * pf.container.chunk_size  # read data is not kept
+        assert cache.ahead_used <= cache.ahead_budget
+    finally:
+        pf.close()
+        ra.shutdown()
+
+
+def test_random_reads_start_nothing(model):
+    content, fpz = model
+    cache = ChunkCache(64 * MiB)
+    ra = ReadAhead(2)
+    pf = PackedFile(fpz, cache, ra)
+    rng = np.random.default_rng(1)
+    try:
+        for _ in range(200):
+            off = int(rng.integers(0, len(content) - 4096))
+            assert pf.pread(off, 4096) == content[off:off + 4096]
+        assert cache.stats.ahead == 0
+    finally:
+        pf.close()
+        ra.shutdown()
+
+
+def test_stuck_pool_never_holds_a_reader(model):
+    """Every pool thread blocked (a store that hangs): sequential readers take over the
+    chunks queued for the pool and go on."""
+    content, fpz = model
+    cache = ChunkCache(64 * MiB)
+    ra = ReadAhead(1)
+    release = threading.Event()
+    ra.pool.submit(release.wait)
+    pf = PackedFile(fpz, cache, ra)
+    try:
+        t = time.monotonic()
+        assert sequential(pf, len(content)) == content
+        assert time.monotonic() - t < 20
+        assert cache.stats.ahead == 0
+    finally:
+        release.set()
+        pf.close()
+        ra.shutdown()
+
+
+def test_corrupt_chunk_fails_only_its_reads(model, tmp_path):
+    content, fpz = model
+    bad = str(tmp_path / "bad.fpz")
+    data = bytearray(open(fpz, "rb").read())
+    c = Container(fpz)
+    victim = len(c) // 2
+    entry = c.table[victim]
+    off, start, length = int(entry["comp_offset"]), int(entry["orig_offset"]), \
+        int(entry["orig_length"])
+    c.close()
+    data[off + int(entry["comp_length"]) // 2] ^= 0xFF
+    open(bad, "wb").write(bytes(data))
+    cache = ChunkCache(64 * MiB)
+    ra = ReadAhead(2)
+    pf = PackedFile(bad, cache, ra)
+    try:
+        for off in range(0, pf.size, MiB):
+            end = min(off + MiB, pf.size)
+            if off < start + length and start < end:
+                with pytest.raises(CorruptChunk):
+                    pf.read_into(off, bytearray(end - off))
+            else:
+                buf = bytearray(end - off)
+                assert pf.read_into(off, buf) == end - off and bytes(buf) == content[off:end]
+    finally:
+        pf.close()
+        ra.shutdown()
+
+
+def test_untyped_level_by_amount():
+    assert untyped_level(100 << 10) == LEVEL_UNTYPED           # tokenizer.json
+    assert LEVEL_TYPED < untyped_level(100 << 20) < LEVEL_UNTYPED
+    assert untyped_level(4 << 30) == LEVEL_TYPED                # a multi-GB unknown file
+
+
+# -- compressing as it is written -----------------------------------------------------------
+def write_staged(area: StagingArea, target: str, content: bytes, pieces, truncate_at=None):
+    staged = area.open(target, None, False, True)
+    for off, n in pieces:
+        os.pwrite(staged.fd, content[off:off + n], off)
+        area.wrote(staged, off, n)
+        if truncate_at is not None and off + n >= truncate_at:
+            os.ftruncate(staged.fd, truncate_at)
+            area.changed(staged, "truncated")
+            truncate_at = None
+    stream = staged.stream
+    area.commit(staged)
+    area.release(staged)
+    return stream
+
+
+def in_order(size: int, step: int = MiB):
+    return [(off, min(step, size - off)) for off in range(0, size, step)]
+
+
+def stored_bytes(path: str) -> bytes:
+    with fpfs.open(path) as f:
+        return f.read()
+
+
+def test_written_in_order_is_compressed_on_the_way(model, tmp_path):
+    content, _ = model
+    area = StagingArea(str(tmp_path))
+    stream = write_staged(area, str(tmp_path / "m.safetensors"), content, in_order(len(content)))
+    assert stream.given_up == "finished"
+    assert stored_bytes(str(tmp_path / "m.safetensors.fpz")) == content
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors.fpz"]
+
+
+@pytest.mark.parametrize("how", ["shuffled", "rewritten", "truncated", "short", "long"])
+def test_untrusted_streams_fall_back(model, tmp_path, how):
+    content, _ = model
+    area = StagingArea(str(tmp_path))
+    pieces = in_order(len(content), 256 << 10)
+    truncate_at = None
+    expect = content
+    if how == "shuffled":
+        pieces = pieces[:3] + pieces[4:5] + pieces[3:4] + pieces[5:]
+    elif how == "rewritten":
+        pieces = pieces + [pieces[10]]
+    elif how == "truncated":
+        truncate_at = 5 * MiB
+        expect = content[:5 * MiB]
+    elif how == "short":
+        expect = content[:-4096]
+        pieces = in_order(len(expect), 256 << 10)
+    elif how == "long":
+        expect = content + b"trailing bytes"
+        pieces = in_order(len(expect), 256 << 10)
+    stream = write_staged(area, str(tmp_path / "m.safetensors"), expect, pieces, truncate_at)
+    assert stream.given_up not in (None, "finished")
+    names = os.listdir(tmp_path)
+    if "m.safetensors.fpz" in names:
+        assert stored_bytes(str(tmp_path / "m.safetensors.fpz")) == expect
+    else:
+        assert open(tmp_path / "m.safetensors", "rb").read() == expect
+    assert not [n for n in names if n.startswith(".fpfs-tmp")]
