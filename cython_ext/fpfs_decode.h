@@ -13,21 +13,14 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "fpfs_errors.h"
 #include "fpfs_simd.h"
+#include "fpfs_table.h"
+#include "fpfs_rans32.h"
+#include "fpfs_expmant.h"
 
-#define FPFS_OK 0
-#define FPFS_ERR_TABLE (-1)      /* malformed frequency table */
-#define FPFS_ERR_TRUNCATED (-2)  /* stream ends before all symbols are decoded */
-#define FPFS_ERR_TRAILING (-3)   /* bytes left over after the last symbol */
-#define FPFS_ERR_STATE (-4)      /* a lane did not return to its initial state */
-#define FPFS_ERR_LAYOUT (-5)     /* plane layout / lengths inconsistent */
-
-#define FPFS_SCALE_BITS 12
-#define FPFS_PROB_SCALE 4096
 #define FPFS_LANES 8
 #define FPFS_BLOCK 16            /* symbols per block: 2 per lane */
-#define FPFS_TABLE_SPARSE 0x10
-#define FPFS_EG_MAX_ZEROS 20
 #define FPFS_RANS_L 0x1000000u
 
 #define FPFS_PLANE_RAW 0
@@ -36,11 +29,6 @@
 #define FPFS_PLANE_RANS32 3      /* format version 3: fpfs_rans32.h */
 #define FPFS_PLANES_HEADER 2
 #define FPFS_PLANE_ENTRY 5
-
-static inline uint32_t fpfs_rd32(const uint8_t *p) {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16)
-           | ((uint32_t)p[3] << 24);
-}
 
 /* Decoder renormalisation of one 64-bit rANS lane: if x < 2^24, shift in the next
    little-endian 32-bit word of the stream and advance *pp by 4.  It must be branch-free
@@ -68,81 +56,6 @@ static inline uint64_t fpfs_rans_renorm(uint64_t x, const uint8_t **pp) {
 #endif
     *pp = p;
     return x;
-}
-
-/* One Exp-Golomb order-k value, LSB-first bit stream; -1 if malformed or past bitlen. */
-static inline int fpfs_read_eg(const uint8_t *src, ptrdiff_t bitlen, ptrdiff_t *bitpos,
-                               int k, uint32_t *v) {
-    int z = 0, j;
-    ptrdiff_t b = *bitpos;
-    uint32_t u = 1;
-    for (;;) {
-        if (b >= bitlen)
-            return -1;
-        if ((src[b >> 3] >> (b & 7)) & 1) {
-            b++;
-            break;
-        }
-        b++;
-        if (++z > FPFS_EG_MAX_ZEROS)
-            return -1;
-    }
-    if (b + z + k > bitlen)
-        return -1;
-    for (j = 0; j < z + k; j++) {
-        u = (u << 1) | ((src[b >> 3] >> (b & 7)) & 1);
-        b++;
-    }
-    *bitpos = b;
-    *v = u - (1u << k);
-    return 0;
-}
-
-/* Parse and validate a frequency table; bytes consumed, or FPFS_ERR_TABLE. */
-static inline ptrdiff_t fpfs_read_table(const uint8_t *src, ptrdiff_t srclen,
-                                        uint32_t *freqs) {
-    int s = -1, i, k, base, present, sparse;
-    uint32_t v, total = 0;
-    ptrdiff_t bitpos = 0, bitlen;
-    if (srclen < 3)
-        return FPFS_ERR_TABLE;
-    k = src[0] & 0x0F;
-    sparse = src[0] & FPFS_TABLE_SPARSE;
-    base = src[1];
-    present = src[2] + 1;
-    if ((src[0] & 0xE0) || k > FPFS_SCALE_BITS || base == 0)
-        return FPFS_ERR_TABLE;
-    if (!sparse && present != 256)
-        return FPFS_ERR_TABLE;
-    memset(freqs, 0, 256 * sizeof(uint32_t));
-    bitlen = (srclen - 3) * 8;
-    for (i = 0; i < present; i++) {
-        if (sparse) {
-            if (fpfs_read_eg(src + 3, bitlen, &bitpos, 0, &v) < 0)
-                return FPFS_ERR_TABLE;
-            /* next symbol s + 1 + v must be <= 255; s == 255 leaves no room at all (and
-               254 - s would wrap to 2^32 - 1: found by libFuzzer + ASan, a stack write
-               past freqs[] in every decoder before this check) */
-            if (s >= 255 || v > (uint32_t)(254 - s))
-                return FPFS_ERR_TABLE;
-            s = s + 1 + (int)v;
-        } else {
-            s = i;
-        }
-        if (i < present - 1) {
-            if (fpfs_read_eg(src + 3, bitlen, &bitpos, k, &v) < 0)
-                return FPFS_ERR_TABLE;
-            if (v > (uint32_t)(FPFS_PROB_SCALE - base))
-                return FPFS_ERR_TABLE;
-            freqs[s] = v + (uint32_t)base;
-            total += freqs[s];
-            if (total >= FPFS_PROB_SCALE)      /* the implied last frequency must be >= 1 */
-                return FPFS_ERR_TABLE;
-        } else {
-            freqs[s] = FPFS_PROB_SCALE - total;
-        }
-    }
-    return 3 + (bitpos + 7) / 8;
 }
 
 typedef struct {
@@ -291,9 +204,6 @@ static inline int fpfs_rans_decode(const uint8_t *src, ptrdiff_t srclen, uint8_t
             return FPFS_ERR_STATE;
     return FPFS_OK;
 }
-
-#include "fpfs_rans32.h"
-#include "fpfs_expmant.h"
 
 static inline uint16_t fpfs_rotl16(uint16_t v, int r) {
     return r ? (uint16_t)((v << r) | (v >> ((16 - r) & 15))) : v;

@@ -10,12 +10,17 @@
  *   symbol  = t << k | top,  t = 0 when e = 0, else e - b + 1 (1 <= t < 2^(8-k))
  *   field   = sign << (7 - k) | low          (8 - k bits)
  *
- * Included by fpfs_decode.h (needs fpfs_rans32_decode).  Hostile input: the header and
+ * Included by fpfs_decode.h.  Hostile input: the header and
  * every length are validated before the loops; b is bounded so that every symbol maps
  * to an exponent <= 255, so the loops need no per-element check.
  */
 #ifndef FPFS_EXPMANT_H
 #define FPFS_EXPMANT_H
+
+#include "fpfs_errors.h"
+#include "fpfs_rans32.h"
+#include "fpfs_simd.h"
+#include "fpfs_table.h"
 
 #define FPFS_EXPMANT_HEADER 6 /* u8 k, u8 b, u32 symbol stream length */
 

@@ -11,7 +11,7 @@
  * module itself stays baseline x86-64) and chosen at run time when the CPU has AVX2
  * (fpfs_simd.h).
  *
- * Included by fpfs_decode.h (needs fpfs_read_table).  Hostile input: the table and every
+ * Included by fpfs_decode.h and fpfs_expmant.h.  Hostile input: the table and every
  * length are validated before the unchecked loops, which stop while 64 readable bytes
  * remain (one step of 32 lanes reads at most 64); the rest runs from a zero-padded copy.
  */
@@ -23,7 +23,10 @@
 #define FPFS_R32_HEADER (4 * FPFS_R32_LANES) /* the initial states, u32 each */
 #define FPFS_R32_STEP_BYTES (2 * FPFS_R32_LANES)
 
+#include "fpfs_errors.h"
 #include "fpfs_rans32_enc.h"
+#include "fpfs_simd.h"
+#include "fpfs_table.h"
 
 #ifdef FPFS_HAVE_AVX2_KERNELS
 /* tab[k] = first | k << 8 for k < f, eight entries per store. */
