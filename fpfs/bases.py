@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Set
 
 from .errors import MissingBase
 from .store import is_url, join_url, store_for, url_ancestors
+from .tempfiles import copy_file_atomic
 
 BASES_DIR = ".fpfs-bases"
 # A base may itself be a delta; reading a file then decodes one chunk per level. Bounded so
@@ -76,7 +77,6 @@ def keep_base(container_path: str, store_root: str, sha256: bytes) -> str:
     except FileExistsError:
         pass
     except OSError:                 # another filesystem, or no hard links: copy
-        from .tree import copy_file_atomic      # tree.py imports this module
         copy_file_atomic(container_path, target)
     return target
 

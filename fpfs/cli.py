@@ -27,8 +27,8 @@ from .stats import container_stats, merge_stats
 from .store import is_url, split_url
 from .store.s3 import S3Settings
 from .store.s3 import configure as configure_s3
-from .tempfiles import remove_stale
-from .tree import copy_file_atomic, copy_link, copy_metadata, regular_files, walk
+from .tempfiles import copy_file_atomic, remove_stale
+from .tree import copy_link, copy_metadata, regular_files, walk
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 

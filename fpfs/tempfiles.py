@@ -1,12 +1,14 @@
 """fpfs's temporary files: hidden names beside their target, locked while in use, so a later
 run can tell a dead writer's leftovers (lock free) from a live writer's file (lock held);
-and their writeback to the disk, started while they are still being written."""
+atomic copies through them; and their writeback to the disk, started while they are still
+being written."""
 from __future__ import annotations
 
 import ctypes
 import fcntl
 import logging
 import os
+import shutil
 import tempfile
 from typing import Tuple
 
@@ -19,6 +21,24 @@ def create(directory: str, tag: str = "") -> Tuple[int, str]:
     fd, path = tempfile.mkstemp(prefix=TMP_PREFIX + tag, dir=directory)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return fd, path
+
+
+def copy_file_atomic(src: str, dst: str) -> None:
+    """Copy bytes, mode and times through a (locked) temporary file and a rename."""
+    fd, tmp = create(os.path.dirname(os.path.abspath(dst)))
+    try:
+        with open(src, "rb") as fin, os.fdopen(os.dup(fd), "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        shutil.copystat(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
 
 
 def remove_stale(root: str) -> int:

@@ -5,7 +5,6 @@ operation, which decides the output name."""
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from typing import Iterator, List, Tuple
 
@@ -39,24 +38,6 @@ def copy_link(src: str, dst: str) -> None:
     if os.path.lexists(dst):
         os.unlink(dst)
     os.symlink(target, dst)
-
-
-def copy_file_atomic(src: str, dst: str) -> None:
-    """Copy bytes, mode and times through a (locked) temporary file and a rename."""
-    fd, tmp = tempfiles.create(os.path.dirname(os.path.abspath(dst)))
-    try:
-        with open(src, "rb") as fin, os.fdopen(os.dup(fd), "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        shutil.copystat(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
-    finally:
-        os.close(fd)
 
 
 def copy_metadata(src: str, dst: str) -> None:
