@@ -9,6 +9,7 @@ original safetensors files.
 Paths may be s3://BUCKET/KEY URLs (fpfs/store/).
 """
 from .compress import CompressResult, compress_file, decompress_file, verify_file
+from .container import SUFFIX
 from .errors import (CorruptChunk, CorruptContainer, FpfsError, NotSafetensors,
                      UnsupportedVersion)
 from .loading import load_file
@@ -16,7 +17,6 @@ from .packed_file import FpzFile, PackedFile
 from .packed_file import open_packed as open  # noqa: A001  (mirrors builtins.open)
 
 __version__ = "0.1.0"
-SUFFIX = ".fpz"
 
 __all__ = [
     "compress_file", "decompress_file", "verify_file", "open", "load_file", "FpzFile", "PackedFile",

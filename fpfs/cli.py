@@ -12,12 +12,12 @@ import sys
 import tempfile
 from typing import Dict, List, Optional, Tuple
 
-from . import SUFFIX, __version__
+from . import __version__
 from .codecs import DEFAULT_MIN_SAVING_PPM
 from .bases import BASES_DIR, MAX_CHAIN
 from .compress import (CompressResult, compress_file, compress_if_smaller, decompress_file,
                        verify_file, worth_compressing)
-from .container import DEFAULT_CHUNK_SIZE, is_container, validate_chunk_size
+from .container import DEFAULT_CHUNK_SIZE, SUFFIX, is_container, validate_chunk_size
 from .deltas import choose_base
 from .errors import CorruptContainer, FpfsError, NotSafetensors
 from .formats import Layout, detect

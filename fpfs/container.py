@@ -22,6 +22,7 @@ from .codecs import (CODECS, CODEC_DELTA, CODEC_EXPMANT, CODEC_PLANES, CODEC_RAW
 from .errors import CorruptChunk, CorruptContainer, UnsupportedVersion
 from .store import StoreObject, open_object
 
+SUFFIX = ".fpz"             # a container of X is stored as X.fpz
 MAGIC = b"\x89FPZ\r\n\x1a\n"
 END_MAGIC = b"FPZ-END\n"
 VERSION = 4                 # written; versions 1 to 4 are read

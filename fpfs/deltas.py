@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 
-from .container import is_container
+from .container import SUFFIX, is_container
 from .formats import Layout, Region, detect, recognise
 from .packed_file import FpzFile, PackedFile
 
@@ -131,7 +131,6 @@ def neighbour_candidates(target: str, root: str) -> List[Tuple[str, Layout]]:
     """(container path, layout) of the containers beside target (without its .fpz
     suffix): in its directory and in its directory's siblings (checkpoint-40/ beside
     checkpoint-80/), newest first, that can still be a base (chain depth < MAX_CHAIN)."""
-    from . import SUFFIX
     from .bases import BASES_DIR, MAX_CHAIN
     directory = os.path.dirname(os.path.abspath(target))
     dirs = [directory]

@@ -16,10 +16,10 @@ import time
 import uuid
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .. import SUFFIX, _kernels
+from .. import _kernels
 from ..bases import BASES_DIR
 from ..cache import ChunkCache
-from ..container import is_container
+from ..container import SUFFIX, is_container
 from ..errors import FpfsError
 from ..packed_file import PackedFile
 from ..readahead import DEFAULT_WINDOW, ReadAhead

@@ -11,8 +11,8 @@ import posixpath
 import stat
 from typing import Dict, Tuple
 
-from .. import SUFFIX
 from ..bases import BASES_DIR
+from ..container import SUFFIX
 from ..errors import FpfsError, ObjectChanged
 from ..packed_file import PackedFile
 from ..readahead import DEFAULT_WINDOW

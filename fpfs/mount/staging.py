@@ -20,8 +20,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Optional, Tuple
 
-from .. import SUFFIX, tempfiles
+from .. import tempfiles
 from ..compress import compress_if_smaller, worth_compressing, write_original
+from ..container import SUFFIX
 from ..deltas import choose_base, neighbour_candidates
 from ..formats import detect
 from ..packed_file import PackedFile

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 
-from .. import SUFFIX
 from ..bases import BASES_DIR
 from ..compress import AtomicOutput, decompress_file
+from ..container import SUFFIX
 from .manifest import Entry
 from .remote_tree import RemoteTree
 

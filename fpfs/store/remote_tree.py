@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional
 
-from .. import SUFFIX
 from ..bases import BASES_DIR
+from ..container import SUFFIX
 from ..errors import FpfsError, ObjectChanged, StoreError
 from . import Store, join_url
 from .manifest import MANIFEST_NAME, Entry, loads
