@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from . import Store, StoreObject
+from .objects import Store, StoreObject
 
 
 class LocalObject(StoreObject):

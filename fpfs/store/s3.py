@@ -31,7 +31,8 @@ import numpy as np
 
 from ..errors import FpfsError, ObjectChanged, StoreError
 from ..metrics import Latencies
-from . import Store, StoreObject, split_url
+from .objects import Store, StoreObject
+from .urls import split_url
 from .breaker import CircuitBreaker, StoreUnavailable
 
 log = logging.getLogger("fpfs.store")
