@@ -12,9 +12,10 @@ from .compress import CompressResult, compress_file, decompress_file, verify_fil
 from .container import SUFFIX
 from .errors import (CorruptChunk, CorruptContainer, FpfsError, NotSafetensors,
                      UnsupportedVersion)
+from .fpz_file import FpzFile
+from .fpz_file import open_packed as open  # noqa: A001  (mirrors builtins.open)
 from .loading import load_file
-from .packed_file import FpzFile, PackedFile
-from .packed_file import open_packed as open  # noqa: A001  (mirrors builtins.open)
+from .packed_file import PackedFile
 
 __version__ = "0.1.0"
 

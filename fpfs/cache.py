@@ -2,9 +2,11 @@
 a single decode instead of each decoding it.
 
 Besides chunks decoded for a reader (get), it holds chunks decoded *ahead* of sequential
-readers (claim/fulfil, fpfs/readahead.py): those count against a part of the budget of
-their own (ahead_budget) and are dropped once a sequential reader has taken them (discard),
-since through the mount the kernel's page cache keeps what was read."""
+readers (claim/fulfil, fpfs/readahead.py) in an LRU of their own, within a part of the
+budget (ahead_budget): the chunks readers asked for (a delta's base chunks among them)
+never push out what was decoded ahead and not yet read, nor the other way round. A chunk a
+sequential reader has read to its end is dropped (discard), since through the mount the
+kernel's page cache keeps what was read."""
 from __future__ import annotations
 
 import threading
@@ -57,11 +59,11 @@ class ChunkCache:
             raise ValueError("cache budget must be >= 0")
         self.budget = budget_bytes
         self.ahead_budget = budget_bytes // 2 if ahead_budget is None else ahead_budget
-        self.used = 0
-        self.ahead_used = 0         # decoded ahead (or being decoded), not yet taken
+        self.used = 0               # bytes in _lru
+        self.ahead_used = 0         # bytes in _ahead plus those being decoded ahead
         self.stats = CacheStats()
         self._lru: "OrderedDict[Hashable, np.ndarray]" = OrderedDict()
-        self._ahead: Dict[Hashable, int] = {}          # keys in _lru decoded ahead -> bytes
+        self._ahead: "OrderedDict[Hashable, np.ndarray]" = OrderedDict()   # not yet read
         self._inflight: Dict[Hashable, _InFlight] = {}
         self._lock = threading.Lock()
 
@@ -127,9 +129,15 @@ class ChunkCache:
         ahead is only a place in the queue until begin(): a reader that needs the chunk
         before then decodes it itself."""
         with self._lock:
-            if key in self._lru or key in self._inflight:
+            if key in self._lru or key in self._ahead or key in self._inflight:
                 return None
             if ahead_bytes:
+                # room by dropping the oldest chunks decoded ahead (a reader that stopped
+                # left them), never those still being decoded
+                while self.ahead_used + ahead_bytes > self.ahead_budget and self._ahead:
+                    _, old = self._ahead.popitem(last=False)
+                    self.ahead_used -= len(old)
+                    self.stats.evictions += 1
                 if self.ahead_used + ahead_bytes > self.ahead_budget:
                     return None
                 self.ahead_used += ahead_bytes
@@ -154,10 +162,11 @@ class ChunkCache:
             self.stats.decoded_bytes += len(value)
             self.stats.decode_seconds += seconds
             self.ahead_used -= flight.ahead
-            if flight.ahead and len(value) <= self.budget:
-                self._ahead[key] = len(value)
+            if flight.ahead:
+                self._ahead[key] = value
                 self.ahead_used += len(value)
-            self._insert(key, value)
+            else:
+                self._insert(key, value)
         flight.event.set()
 
     def abandon(self, key: Hashable) -> None:
@@ -174,11 +183,15 @@ class ChunkCache:
         """A sequential reader has read all of key: drop it (the kernel's page cache
         keeps those bytes; nothing else reads them again soon)."""
         with self._lock:
-            value = self._lru.pop(key, None)
+            value = self._ahead.pop(key, None)
             if value is not None:
+                self.ahead_used -= len(value)
+            else:
+                value = self._lru.pop(key, None)
+                if value is None:
+                    return
                 self.used -= len(value)
-                self.ahead_used -= self._ahead.pop(key, 0)
-                self.stats.taken += 1
+            self.stats.taken += 1
 
     def lookup(self, key: Hashable):
         """The cached value for key (a hit), or None without loading anything."""
@@ -190,6 +203,9 @@ class ChunkCache:
         value = self._lru.get(key)
         if value is not None:
             self._lru.move_to_end(key)
+        else:
+            value = self._ahead.get(key)
+        if value is not None:
             self.stats.hits += 1
         return value
 
@@ -202,18 +218,19 @@ class ChunkCache:
 
     def contains(self, key: Hashable) -> bool:
         with self._lock:
-            return key in self._lru or key in self._inflight
+            return key in self._lru or key in self._ahead or key in self._inflight
 
     def _insert(self, key: Hashable, value: np.ndarray) -> None:
+        """Under the lock: cache a chunk a reader asked for, within what the chunks
+        decoded ahead leave of the budget."""
         size = len(value)
-        if size > self.budget:
+        if size > self.budget - self.ahead_used:
             return
         self._lru[key] = value
         self.used += size
-        while self.used > self.budget:
-            old_key, old = self._lru.popitem(last=False)
+        while self.used + self.ahead_used > self.budget and self._lru:
+            _, old = self._lru.popitem(last=False)
             self.used -= len(old)
-            self.ahead_used -= self._ahead.pop(old_key, 0)
             self.stats.evictions += 1
 
     def clear(self) -> None:
@@ -226,8 +243,8 @@ class ChunkCache:
     def snapshot(self) -> dict:
         with self._lock:
             d = self.stats.as_dict()
-            d["used_bytes"] = self.used
+            d["used_bytes"] = self.used + sum(len(v) for v in self._ahead.values())
             d["ahead_bytes"] = self.ahead_used
             d["budget_bytes"] = self.budget
-            d["entries"] = len(self._lru)
+            d["entries"] = len(self._lru) + len(self._ahead)
             return d

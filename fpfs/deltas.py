@@ -16,7 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .container import SUFFIX, is_container
 from .formats import Layout, Region, detect, recognise
-from .packed_file import FpzFile, PackedFile
+from .fpz_file import FpzFile
+from .packed_file import PackedFile
 
 # A base is worth naming only if it matches at least this share of the file's tensor bytes
 # (a training checkpoint at step 0 holds the model but no optimizer state yet: 1/3).

@@ -3,21 +3,19 @@ kernels release the GIL, so a large read is cut at chunk boundaries into pieces 
 shared pool of threads decodes, each straight into its place in the caller's buffer
 (`fpfs.open(p).read()`, `readinto`, `fpfs.load_file`: read_into), or that threads of
 their own decode ahead while the caller hashes them in order (`fpfs decompress`,
-`fpfs verify`: iter_original). Reads through the mount do not come here: the kernel
-already sends concurrent requests there, one per FUSE thread."""
+`fpfs verify`: iter_original). Reads through the mount do not come here: the mount's
+decode-ahead (fpfs/readahead.py) spreads them over the cores."""
 from __future__ import annotations
 
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from .errors import CorruptContainer
-
-if TYPE_CHECKING:                   # packed_file imports this module
-    from .packed_file import PackedFile
+from .packed_file import PackedFile
 
 # Original bytes per task: large enough that task overhead is nothing (a few µs against
 # ~1 ms of decode), small enough that two cores share even a 20 MB file evenly.
@@ -44,7 +42,7 @@ def decode_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-def pieces(packed: "PackedFile", start: int, end: int,
+def pieces(packed: PackedFile, start: int, end: int,
            piece_bytes: int = PIECE_BYTES) -> List[Tuple[int, int]]:
     """[start, end) cut into [a, b) spans of about piece_bytes that end on chunk boundaries
     (the first and last may be partial chunks)."""
@@ -64,7 +62,7 @@ def pieces(packed: "PackedFile", start: int, end: int,
     return spans
 
 
-def read_into(packed: "PackedFile", offset: int, out, threads: Optional[int] = None) -> int:
+def read_into(packed: PackedFile, offset: int, out, threads: Optional[int] = None) -> int:
     """packed.read_into(offset, out) decoded on `threads` threads (default: all cores);
     returns the byte count. Raises what read_into raises, only after every piece has
     stopped writing into out."""
@@ -102,7 +100,7 @@ def read_into(packed: "PackedFile", offset: int, out, threads: Optional[int] = N
     return n
 
 
-def iter_original(packed: "PackedFile", threads: Optional[int] = None,
+def iter_original(packed: PackedFile, threads: Optional[int] = None,
                   piece_bytes: int = PIECE_BYTES,
                   sink: Optional[Callable[[int, memoryview], object]] = None
                   ) -> Iterator[memoryview]:
@@ -167,6 +165,6 @@ def iter_original(packed: "PackedFile", threads: Optional[int] = None,
         pool.shutdown(wait=True)
 
 
-def _read_exact(packed: "PackedFile", offset: int, view: memoryview) -> None:
+def _read_exact(packed: PackedFile, offset: int, view: memoryview) -> None:
     if packed.read_into(offset, view) != len(view):
         raise CorruptContainer(f"{packed.path}: shorter than its header says")

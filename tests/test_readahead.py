@@ -248,3 +248,24 @@ def test_untrusted_streams_fall_back(model, tmp_path, how):
     else:
         assert open(tmp_path / "m.safetensors", "rb").read() == expect
     assert not [n for n in names if n.startswith(".fpfs-tmp")]
+
+
+def test_chunks_readers_ask_for_never_push_out_those_decoded_ahead():
+    """A delta's base chunks (or random reads) fill the reader part of the cache; what the
+    pool decoded ahead and no one read yet stays, within its own budget."""
+    cache = ChunkCache(8 * MiB, ahead_budget=4 * MiB)
+    chunk = np.zeros(MiB, np.uint8)
+    for i in range(4):
+        flight = cache.claim(("ahead", i), MiB)
+        assert flight is not None and cache.begin([flight]) == [True]
+        cache.fulfil(("ahead", i), chunk)
+    # the ahead budget is full: a new claim drops the oldest chunk decoded ahead
+    assert cache.claim(("ahead", 9), MiB) is not None
+    assert not cache.contains(("ahead", 0)) and cache.ahead_used == 4 * MiB
+    cache.abandon(("ahead", 9))
+    for i in range(20):
+        cache.get(("reader", i), lambda: chunk.copy())
+    assert all(cache.contains(("ahead", i)) for i in range(1, 4))
+    assert cache.used + cache.ahead_used <= 8 * MiB
+    cache.discard(("ahead", 1))
+    assert not cache.contains(("ahead", 1)) and cache.stats.taken == 1
