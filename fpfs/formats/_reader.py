@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO, Tuple
 
-from . import FormatError
+from .layout import FormatError
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")

@@ -14,7 +14,7 @@ import pickletools
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from . import FormatError, parser_warnings_ignored
+from .layout import FormatError, parser_warnings_ignored
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, Optional, Tuple
 
-from . import FormatError, Layout, TensorSpan, parser_warnings_ignored, tile
+from .layout import FormatError, Layout, TensorSpan, parser_warnings_ignored, tile
 
 NAME = "npy"
 MAGIC = b"\x93NUMPY"

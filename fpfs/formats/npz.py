@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import BinaryIO, List
 
-from . import FormatError, Layout, TensorSpan, tile
+from .layout import FormatError, Layout, TensorSpan, tile
 from .npy import MAX_HEADER_BYTES, parse_header
 from .zip_entries import STORED, first_local_name, read_entries
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from math import prod
 from typing import BinaryIO, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from . import FormatError, Layout, TensorSpan, tile
+from .layout import FormatError, Layout, TensorSpan, tile
 from ._reader import BoundedReader
 
 NAME = "onnx"

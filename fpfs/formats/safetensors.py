@@ -7,7 +7,7 @@ import json
 import struct
 from typing import BinaryIO, Optional
 
-from . import FormatError, Layout, TensorSpan, tile
+from .layout import FormatError, Layout, TensorSpan, tile
 
 NAME = "safetensors"
 # A safetensors header is JSON; the reference implementation caps it at 100 MB.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple
 
-from . import FormatError, Layout, TensorSpan, tile
+from .layout import FormatError, Layout, TensorSpan, tile
 from .inert_pickle import Call, Global, PDict, Persistent, parse
 from .zip_entries import STORED, ZipEntry, first_local_name, read_entries, read_stored
 

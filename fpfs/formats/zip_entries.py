@@ -15,7 +15,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import BinaryIO, List, Optional
 
-from . import FormatError
+from .layout import FormatError
 
 LOCAL_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")     # 30 bytes, APPNOTE 4.3.7
