@@ -17,6 +17,7 @@ import numpy as np
 from .. import _kernels
 from .dtypes import plane_layout
 from .errors import DecodeError
+from .standalone import decode_standalone, encode_standalone
 
 XOR, SUB = 0, 1
 _HEAD = struct.Struct("<BBBBQ")     # transform width inner_codec zero base_offset
@@ -38,7 +39,6 @@ class DeltaCodec:
     def encode(self, data: memoryview, dtype: str, base_offset: int, base: memoryview,
                min_saving_ppm: int, beat: int) -> Optional[bytes]:
         """A delta payload smaller than `beat` bytes, or None."""
-        from . import CODEC_DELTA, encode_standalone      # the registry imports this module
         n = len(data)
         if len(base) != n or n == 0:
             return None
@@ -54,7 +54,7 @@ class DeltaCodec:
             residual = np.bitwise_xor(new, old) if transform == XOR \
                 else _zigzag_sub(new, old, w)
             inner, body = encode_standalone(memoryview(residual), inner_dtype, min_saving_ppm)
-            if inner == CODEC_DELTA:
+            if inner == self.codec_id:
                 continue
             size = _HEAD.size + len(body)
             if size < beat and (best is None or size < len(best)):
@@ -62,19 +62,18 @@ class DeltaCodec:
         return best
 
     def decode_into(self, payload, out: memoryview, base_reader) -> None:
-        from . import CODEC_DELTA, decode_chunk
         payload = memoryview(payload)
         if len(payload) < _HEAD.size:
             raise DecodeError("delta payload truncated")
         transform, width, inner, zero, base_offset = _HEAD.unpack_from(payload, 0)
         n = len(out)
-        if zero or inner == CODEC_DELTA or transform not in (XOR, SUB) or \
+        if zero or inner == self.codec_id or transform not in (XOR, SUB) or \
                 (transform == XOR and width != 1) or \
                 (transform == SUB and (width not in _UINT or n % width)):
             raise DecodeError("delta payload: bad header")
         if base_reader is None:
             raise DecodeError("delta chunk but no base file")
-        decode_chunk(inner, payload[_HEAD.size:], out)
+        decode_standalone(inner, payload[_HEAD.size:], out)
         # Only now read the base: its decode reuses this thread's payload and scratch
         # buffers, which the inner decode above has finished with.
         base = np.frombuffer(base_reader(base_offset, n), dtype=np.uint8)
