@@ -29,7 +29,7 @@ from collections import defaultdict
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from fpfs.cli import parse_size                     # noqa: E402
+from fpfs.options import parse_size                 # noqa: E402
 from tests.mounting import compress, mounted         # noqa: E402
 from tests.weights import real_weights_file          # noqa: E402
 

@@ -13,6 +13,7 @@ import time
 from typing import List, Optional
 
 from ..errors import FpfsError
+from ..options import STORE_OPTIONS, store_settings
 from ..progress import human_bytes
 from ..store import is_url
 from .fuse_lib import FuseUnavailable
@@ -54,7 +55,6 @@ def remote_config(args) -> Optional[RemoteConfig]:
     """How to reach and cache an s3:// backing (None for a local one)."""
     if not is_url(args.backing):
         return None
-    from ..cli import store_settings
     if args.writable:
         raise MountError("an s3:// backing is mounted read-only (drop --writable)")
     return RemoteConfig(store_settings(args), args.cache_dir, args.disk_cache_size,
@@ -117,7 +117,6 @@ def _spawn(args, threads: int) -> int:
 
 def _store_flags(args) -> List[str]:
     """The object-store options again, for the daemon's command line."""
-    from ..cli import STORE_OPTIONS
     flags = []
     names = STORE_OPTIONS + (("cache_dir", "disk_cache_size", "metadata_ttl")
                              if is_url(args.backing) else ())
