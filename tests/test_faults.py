@@ -254,7 +254,8 @@ def test_daemon_never_leaves_the_backing_root(tmp_path, link_backing):
     """The FUSE operations themselves, called with paths the kernel would never send (it
     resolves links and '..' first) - a buggy or hostile client must still not get the daemon
     to stat, list, read or readlink anything outside the root."""
-    from fpfs.mount.ops import FpfsOperations, FuseOSError
+    from fpfs.mount.ops import FuseOSError
+    from fpfs.mount.write_ops import FpfsOperations
 
     class FI:
         flags = os.O_RDONLY

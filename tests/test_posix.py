@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from fpfs.container import is_container
-from fpfs.mount.ops import FpfsOperations, FuseOSError
+from fpfs.mount.ops import FuseOSError
+from fpfs.mount.write_ops import FpfsOperations
 from tests import st_files
 from tests.mounting import cli, force_unmount, mounted, wait_until
 

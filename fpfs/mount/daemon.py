@@ -12,9 +12,10 @@ import time
 from typing import Optional
 
 from ..readahead import DEFAULT_WINDOW
-from .ops import FpfsOperations, fuse
+from .ops import fuse
 from ..store.remote_tree import RemoteConfig
 from .remote_ops import RemoteOperations
+from .write_ops import FpfsOperations
 
 log = logging.getLogger("fpfs.mount")
 READAHEAD_KB = 1024

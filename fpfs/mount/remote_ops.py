@@ -18,7 +18,7 @@ from ..packed_file import PackedFile
 from ..readahead import DEFAULT_WINDOW
 from ..store.manifest import Entry
 from ..store.remote_tree import RemoteConfig, open_tree
-from .ops import STATUS_NAME, WRITE_FLAGS, FuseOSError, ReadOperations, _Handle, shown_names
+from .ops import STATUS_NAME, WRITE_FLAGS, FuseOSError, Handle, ReadOperations, shown_names
 
 log = logging.getLogger("fpfs.mount")
 
@@ -115,9 +115,9 @@ class RemoteOperations(ReadOperations):
         if e.kind != "file":
             raise FuseOSError(errno.EISDIR if e.kind == "dir" else errno.ELOOP)
         if packed:
-            handle = _Handle(packed=self._packed(e))
+            handle = Handle(packed=self._packed(e))
         else:
-            handle = _Handle(obj=self.tree.open(self.tree.url_of(e.path)))
+            handle = Handle(obj=self.tree.open(self.tree.url_of(e.path)))
         return self._open_handle(path, handle, (e.etag, e.size), fi)
 
     def status(self) -> dict:
