@@ -93,6 +93,13 @@ def test_mount_shows_the_original_tree(published, src_tree, tmp_path):
         with pytest.raises(FileNotFoundError):
             os.stat(m.path(".fpfs-bases"))
         assert os.path.islink(os.path.join(snapshot(m.mountpoint), "model.safetensors"))
+        for name in ("model.safetensors", "config.json"):      # a container, a plain file
+            want_mode = os.stat(os.path.join(snapshot(src_tree), name)).st_mode
+            assert want_mode & 0o200
+            assert os.stat(os.path.join(snapshot(m.mountpoint), name)).st_mode == want_mode
+            with pytest.raises(OSError) as exc:
+                open(os.path.join(snapshot(m.mountpoint), name), "r+b")
+            assert exc.value.errno == errno.EROFS
         # Frameworks load it unmodified, through the snapshot's symlinks.
         want = torch_load(os.path.join(snapshot(src_tree), "model.safetensors"))
         got = torch_load(os.path.join(snapshot(m.mountpoint), "model.safetensors"))

@@ -147,8 +147,6 @@ class LocalReadOperations(ReadOperations):
             pf = self._packed(real)
             attrs["st_size"] = pf.size
             self._saw_attrs(path, pf.identity)
-            if self.staging is None:
-                attrs["st_mode"] &= ~0o222      # read-only view
             attrs["st_blocks"] = st.st_blocks  # du through the mount shows the saving
         return attrs
 

@@ -79,7 +79,7 @@ class RemoteOperations(ReadOperations):
         elif e.kind == "link":
             mode, size = stat.S_IFLNK | 0o777, len(e.target.encode())
         else:
-            mode = stat.S_IFREG | (e.mode & ~0o222)
+            mode = stat.S_IFREG | e.mode
         if packed:
             size = e.original_size if e.original_size is not None else self._packed(e).size
             self._saw_attrs(path, (e.etag, e.size))
