@@ -537,7 +537,23 @@ def test_status_reports(shared, tree):
         assert key in s["cache"]
     assert s["cache"]["budget_bytes"] == 256 << 20
     res = cli("status", shared.mountpoint, check=True)
-    assert "served" in res.stdout and "cache" in res.stdout
+    assert "served" in res.stdout and "cache" in res.stdout and "decoded" in res.stdout
+    assert "Ignoring invalid" not in shared.log()     # libfuse's warning on thread limits
+
+
+def test_status_text_rates():
+    """Decode speed is decoded bytes over decode time; what was served is rated over the
+    uptime, on a line of its own."""
+    from fpfs.mount.launcher import status_text
+    s = {"backing": "/b", "pid": 1, "uptime_seconds": 100.0, "bytes_served": 3_000_000_000,
+         "reads": 10, "read_errors": 0, "decoder": "avx2",
+         "cache": {"used_bytes": 0, "budget_bytes": 1 << 20, "hit_rate": 0.5, "evictions": 0,
+                   "decoded_bytes": 2_000_000_000, "decode_seconds": 0.5}}
+    lines = {line.split()[0]: line for line in status_text(s).splitlines()}
+    assert lines["served"].endswith("0.03 GB/s over the uptime")
+    assert "in 0.50 s of decoding: 4.00 GB/s (avx2 rANS decoder)" in lines["decoded"]
+    s["cache"]["decode_seconds"] = 0.0
+    assert "0.00 GB/s" in status_text(s)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

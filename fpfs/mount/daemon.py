@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from typing import Optional
@@ -20,6 +21,13 @@ from .write_ops import FpfsOperations
 log = logging.getLogger("fpfs.mount")
 READAHEAD_KB = 1024
 MAX_BACKGROUND = 64
+SWITCH_INTERVAL = 0.0005     # seconds
+# libfuse's own default of worker threads, said out loud: libfuse 3.14 takes "no limit on
+# idle threads" (its default, UINT_MAX) for an invalid value and logs "Ignoring invalid max
+# threads value 4294967295" at every mount unless max_idle_threads is given. With as many
+# idle threads allowed as there can be threads, none is ever ended (each keeps its Python
+# thread state, _keep_thread_state), as before.
+FUSE_THREADS = 10
 
 
 def sd_notify(message: str) -> None:
@@ -192,7 +200,8 @@ def run(backing: str, mountpoint: str, cache_bytes: int, threads: int,
     # name (FpfsOperations moves it out of the user's directory), so fstat, fchmod and
     # futimens of it work as on a local filesystem.
     options = dict(foreground=True, nothreads=False, ro=not writable, default_permissions=True,
-                   fsname="fpfs:" + ops.root, subtype="fpfs", debug=debug)
+                   fsname="fpfs:" + ops.root, subtype="fpfs", debug=debug,
+                   max_threads=FUSE_THREADS, max_idle_threads=FUSE_THREADS)
     if writable:
         # Hard links show one inode number (the backing one); and libfuse gives every
         # name its own node, so a change through one name (chmod, link, unlink) must not
@@ -204,6 +213,9 @@ def run(backing: str, mountpoint: str, cache_bytes: int, threads: int,
     # Everything allocated so far lives as long as the daemon: out of the cyclic GC's
     # full collections, which otherwise walk it all every few thousand requests.
     gc.freeze()
+    # A FUSE thread waits for the GIL up to the switch interval (5 ms by default) while a
+    # decode or encode thread runs Python between its GIL-free kernels: per request.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         _FUSE(ops, mountpoint, raw_fi=True, **options)
     except RuntimeError as exc:

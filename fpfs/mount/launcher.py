@@ -190,14 +190,29 @@ def status(mountpoint: str, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps(s, indent=2))
         return 0
-    c = s["cache"]
-    print(f"backing      {s['backing']} (pid {s['pid']}, up {s['uptime_seconds']:.0f} s)")
-    print(f"served       {human_bytes(s['bytes_served'])} in {s['reads']} reads, "
-          f"{s['read_errors']} errors")
-    print(f"cache        {human_bytes(c['used_bytes'])} of {human_bytes(c['budget_bytes'])}, "
-          f"hit rate {100 * c['hit_rate']:.1f} %, {c['evictions']} evictions")
-    print(f"decoded      {human_bytes(c['decoded_bytes'])} at {c['decode_gbps']:.2f} GB/s"
-          + (f" ({s['decoder']} rANS decoder)" if "decoder" in s else ""))
-    if "rss_bytes" in s:
-        print(f"memory       {human_bytes(s['rss_bytes'])} resident")
+    print(status_text(s))
     return 0
+
+
+def status_text(s: dict) -> str:
+    """`fpfs status` for people. Two rates, each over its own time: what readers got over
+    the mount's uptime (idle time included), and the decoder's speed over the time spent
+    decoding (summed over the threads that decoded)."""
+    c = s["cache"]
+    up = s["uptime_seconds"]
+    lines = [
+        f"backing      {s['backing']} (pid {s['pid']}, up {up:.0f} s)",
+        f"served       {human_bytes(s['bytes_served'])} in {s['reads']} reads, "
+        f"{s['read_errors']} errors: {_gbps(s['bytes_served'], up)} over the uptime",
+        f"cache        {human_bytes(c['used_bytes'])} of {human_bytes(c['budget_bytes'])}, "
+        f"hit rate {100 * c['hit_rate']:.1f} %, {c['evictions']} evictions",
+        f"decoded      {human_bytes(c['decoded_bytes'])} in {c['decode_seconds']:.2f} s of "
+        f"decoding: {_gbps(c['decoded_bytes'], c['decode_seconds'])}"
+        + (f" ({s['decoder']} rANS decoder)" if "decoder" in s else "")]
+    if "rss_bytes" in s:
+        lines.append(f"memory       {human_bytes(s['rss_bytes'])} resident")
+    return "\n".join(lines)
+
+
+def _gbps(nbytes: int, seconds: float) -> str:
+    return f"{nbytes / seconds / 1e9 if seconds > 0 else 0.0:.2f} GB/s"
