@@ -18,38 +18,24 @@ The same mutation operators and oracles are used by tests/test_fuzz.py (hypothes
 """
 from __future__ import annotations
 
-import argparse
-import faulthandler
-import hashlib
 import json
 import os
 import random
-import resource
 import struct
 import sys
-import tempfile
-import threading
-import time
 import zlib
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import contextlib                                         # noqa: E402
+from fuzz.driver import Campaign as Driven, Violation, instrumented        # noqa: E402
+from fuzz.driver import main as drive                                     # noqa: E402
 
-_instrument = contextlib.nullcontext()
-if __name__ == "__main__" and "random" not in sys.argv:
-    try:                        # coverage feedback for libFuzzer: instrument fpfs's Python
-        import atheris
-        _instrument = atheris.instrument_imports(include=["fpfs"])
-    except ImportError:
-        pass
-with _instrument:
+with instrumented(__name__ == "__main__"):
     import fpfs.kv as kv                                      # noqa: E402
     from fpfs import _reference                               # noqa: E402
     from fpfs.cache import ChunkCache                         # noqa: E402
@@ -64,10 +50,6 @@ SEED_CHUNK = 4096                       # smallest legal chunk size: many chunks
 INTERESTING = (0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, 4095, 4096, 4097,
                1 << 24, 1 << 31, (1 << 32) - 1, 1 << 32, 1 << 56, 1 << 60, (1 << 63) - 1,
                1 << 63, (1 << 64) - 1)
-
-
-class Violation(AssertionError):
-    """The code under test broke its contract on this input."""
 
 
 # -- seeds ---------------------------------------------------------------------------------
@@ -458,10 +440,14 @@ def check_kv(blob: bytes, originals: Sequence[object]) -> str:
 
 
 # -- campaign ------------------------------------------------------------------------------
-class Campaign:
+class Campaign(Driven):
+    """Inputs are (target, bytes, forged): target 0 a container (forged: its CRCs were
+    recomputed after the mutation), 1 a K/V blob, 2 a chunk payload behind its length."""
+    max_len = 400000
+    min_mutate = 2              # the target and forged bytes
+
     def __init__(self, workdir: str, findings: str):
-        self.workdir = workdir
-        self.findings = findings
+        super().__init__(workdir, findings)
         self.seeds = build_seeds(workdir)
         self.originals = [s.original for s in self.seeds]
         self.packed = [s.packed for s in self.seeds]
@@ -470,67 +456,40 @@ class Campaign:
         self.kv_blobs = [b for _, b in self.kv]
         self.payloads = payload_seeds(self.seeds)
         self.path = os.path.join(workdir, "input.fpz")
-        self.counts: Counter = Counter()
-        self.violations: List[str] = []
-        self.current: Tuple[str, bytes] = ("", b"")
-        self.started_one = time.monotonic()
-        self.busy = False
-        self.t0 = time.monotonic()
 
-    def one(self, target: int, data: bytes, forged: bool, rnd: random.Random) -> None:
-        self.started_one = time.monotonic()
-        self.busy = True
-        try:
-            self._one(target, data, forged, rnd)
-        finally:
-            self.busy = False
+    def describe(self) -> str:
+        return (f"{len(self.seeds)} container seeds, {len(self.kv)} kv seeds, "
+                f"{len(self.payloads)} payload seeds")
 
-    def _one(self, target: int, data: bytes, forged: bool, rnd: random.Random) -> None:
+    def test(self, item: Tuple[int, bytes, bool], rnd: random.Random) -> None:
+        target, data, forged = item
         name = ("container", "kv", "payload")[target % 3]
-        self.current = (name, data)
-        self.counts["inputs"] += 1
-        self.counts[f"inputs.{name}"] += 1
-        try:
-            if name == "container":
-                o = check_container(data, self.originals, self.path, forged, rnd=rnd)
-                self.counts[f"container.{o.kind}{'.forged' if forged else ''}"] += 1
-                self.counts["container.chunks_ok"] += o.chunks_ok
-                self.counts["container.chunks_bad"] += o.chunks_bad
-                for note in o.notes:
-                    self.note(note, data)
-            elif name == "kv":
-                r = check_kv(data, self.kv_originals)
-                self.counts[f"kv.{r}"] += 1
-            else:
-                # L >= 1: containers never hold an empty chunk (the table check refuses it)
-                length = 1 + struct.unpack_from("<I", data, 0)[0] % (64 << 10) \
-                    if len(data) >= 4 else 1
-                r = check_payload(data[4:], length)
-                self.counts[f"payload.{r}"] += 1
-                if r not in ("ok", "rejected"):
-                    self.note(r, data)
-        except Violation as exc:
-            self.counts["violations"] += 1
-            self.violations.append(f"{name}: {exc}")
-            self.save(f"violation-{name}", data, str(exc))
-            raise
-        except MemoryError as exc:
-            self.counts["violations"] += 1
-            self.save(f"violation-{name}-memory", data, repr(exc))
-            raise Violation(f"{name}: MemoryError") from exc
+        self.one(name, data, lambda: self._check(name, data, forged, rnd))
+
+    def _check(self, name: str, data: bytes, forged: bool, rnd: random.Random) -> None:
+        if name == "container":
+            o = check_container(data, self.originals, self.path, forged, rnd=rnd)
+            self.counts[f"container.{o.kind}{'.forged' if forged else ''}"] += 1
+            self.counts["container.chunks_ok"] += o.chunks_ok
+            self.counts["container.chunks_bad"] += o.chunks_bad
+            for note in o.notes:
+                self.note(note, data)
+        elif name == "kv":
+            r = check_kv(data, self.kv_originals)
+            self.counts[f"kv.{r}"] += 1
+        else:
+            # L >= 1: containers never hold an empty chunk (the table check refuses it)
+            length = 1 + struct.unpack_from("<I", data, 0)[0] % (64 << 10) \
+                if len(data) >= 4 else 1
+            r = check_payload(data[4:], length)
+            self.counts[f"payload.{r}"] += 1
+            if r not in ("ok", "rejected"):
+                self.note(r, data)
 
     def note(self, what: str, data: bytes) -> None:
         self.counts[f"note.{what}"] += 1
         if self.counts[f"note.{what}"] <= 3:
             self.save(f"note-{what}", data, what)
-
-    def save(self, prefix: str, data: bytes, why: str) -> None:
-        os.makedirs(self.findings, exist_ok=True)
-        h = hashlib.sha1(data).hexdigest()[:12]
-        with open(os.path.join(self.findings, f"{prefix}-{h}.bin"), "wb") as f:
-            f.write(data)
-        with open(os.path.join(self.findings, f"{prefix}-{h}.txt"), "w") as f:
-            f.write(why + "\n")
 
     def mutate(self, rnd: random.Random) -> Tuple[int, bytes, bool]:
         target = rnd.choices((0, 1, 2), weights=(6, 2, 2))[0]
@@ -550,135 +509,35 @@ class Campaign:
             data = struct.pack("<I", max(1, length) - 1) + body
         return target, data, forged
 
-    def watchdog(self, limit: float) -> None:
-        def run():
-            while True:
-                time.sleep(1)
-                if self.busy and time.monotonic() - self.started_one > limit:
-                    name, data = self.current
-                    self.save(f"violation-{name}-hang", data, f"no result after {limit} s")
-                    faulthandler.dump_traceback(all_threads=True)
-                    print(json.dumps(self.report()), flush=True)
-                    os._exit(3)
-        threading.Thread(target=run, daemon=True, name="watchdog").start()
+    # libFuzzer's inputs: the target byte, the forged byte (for a container: recompute
+    # the CRCs after libFuzzer's mutations), then the input's bytes
+    def encode(self, item: Tuple[int, bytes, bool]) -> bytes:
+        target, data, forged = item
+        return bytes([target, int(forged)]) + data
 
-    def report(self) -> dict:
-        elapsed = time.monotonic() - self.t0
-        return {"elapsed_s": round(elapsed, 1), "inputs": self.counts["inputs"],
-                "inputs_per_s": round(self.counts["inputs"] / max(elapsed, 1e-9), 1),
-                "counts": dict(sorted(self.counts.items())), "violations": self.violations[:20]}
-
-
-def run_random(camp: Campaign, seconds: float, seed: int, stats_file: Optional[str]) -> int:
-    rnd = random.Random(seed)
-    deadline = time.monotonic() + seconds
-    last = time.monotonic()
-    while time.monotonic() < deadline:
-        target, data, forged = camp.mutate(rnd)
-        try:
-            camp.one(target, data, forged, rnd)
-        except Violation as exc:
-            print(f"VIOLATION: {exc}", file=sys.stderr, flush=True)
-        if stats_file and time.monotonic() - last > 10:
-            last = time.monotonic()
-            _write_stats(stats_file, camp)
-    return 1 if camp.violations else 0
-
-
-def run_atheris(camp: Campaign, seconds: float, seed: int, stats_file: Optional[str]) -> int:
-    """libFuzzer drives; the custom mutator mixes its byte-level mutations with ours. The
-    first byte of an input selects the target (container, kv, payload); for containers the
-    second says whether to recompute the CRCs after libFuzzer's mutations."""
-    import atheris
-    rnd = random.Random(seed)
-    last = [time.monotonic()]
-
-    def test_one(data: bytes) -> None:
+    def decode(self, data: bytes) -> Optional[Tuple[int, bytes, bool]]:
         if len(data) < 2:
-            return
+            return None
         target, forged = data[0] % 3, bool(data[1] & 1) and data[0] % 3 == 0
         body = data[2:]
         if forged:
             buf = bytearray(body)
             fix_crcs(buf)
             body = bytes(buf)
-        camp.one(target, body, forged, rnd)     # a Violation propagates: libFuzzer saves it
-        if stats_file and time.monotonic() - last[0] > 10:
-            last[0] = time.monotonic()
-            _write_stats(stats_file, camp)
+        return target, body, forged
 
-    def mutator(data: bytes, max_size: int, mseed: int) -> bytes:
-        r = random.Random(mseed)
-        if len(data) >= 2 and r.random() < 0.5:
-            return atheris.Mutate(data, max_size)
-        target, body, forged = camp.mutate(r)
-        return bytes([target, int(forged)]) + body[:max_size - 2]
-
-    os.makedirs(camp.findings, exist_ok=True)
-    corpus = os.path.join(camp.workdir, "corpus")
-    os.makedirs(corpus, exist_ok=True)
-    for i, p in enumerate(camp.packed):
-        open(os.path.join(corpus, f"c{i}"), "wb").write(b"\0\0" + p)
-    for i, b in enumerate(camp.kv_blobs):
-        open(os.path.join(corpus, f"k{i}"), "wb").write(b"\1\0" + b)
-    for i, (p, n) in enumerate(camp.payloads[:20]):
-        open(os.path.join(corpus, f"p{i}"), "wb").write(b"\2\0" + struct.pack("<I", n - 1) + p)
-    argv = [sys.argv[0], f"-max_total_time={int(seconds)}", "-max_len=400000",
-            f"-seed={seed}", "-timeout=60", "-rss_limit_mb=4096",
-            f"-artifact_prefix={camp.findings}/", "-print_final_stats=1", corpus]
-    import atexit
-    atexit.register(lambda: stats_file and _write_stats(stats_file, camp))
-    atheris.Setup(argv, test_one, custom_mutator=mutator)
-    atheris.Fuzz()
-    return 0
-
-
-def _write_stats(path: str, camp: Campaign) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(camp.report(), f, indent=1)
-    os.replace(tmp, path)
+    def corpus(self) -> Iterator[Tuple[str, bytes]]:
+        for i, p in enumerate(self.packed):
+            yield f"c{i}", self.encode((0, p, False))
+        for i, b in enumerate(self.kv_blobs):
+            yield f"k{i}", self.encode((1, b, False))
+        for i, (p, n) in enumerate(self.payloads[:20]):
+            yield f"p{i}", self.encode((2, struct.pack("<I", n - 1) + p, False))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=60, help="time budget (default 60)")
-    ap.add_argument("--engine", choices=("auto", "atheris", "random"), default="auto")
-    ap.add_argument("--seed", type=int, default=int(time.time()))
-    ap.add_argument("--workdir", default=None, help="scratch directory (default: a temp dir)")
-    ap.add_argument("--findings", default="fuzz/findings",
-                    help="where violating inputs are saved (default fuzz/findings)")
-    ap.add_argument("--stats", default=None, help="also write running counts to this JSON file")
-    ap.add_argument("--hang-seconds", type=float, default=30,
-                    help="one input taking longer than this is a hang (default 30)")
-    args = ap.parse_args(argv)
-    engine = args.engine
-    if engine == "auto":
-        try:
-            import atheris  # noqa: F401
-            engine = "atheris"
-        except ImportError:
-            engine = "random"
-    # a 2^60-byte allocation must fail loudly (MemoryError -> violation), not swap
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, hard))
-    with tempfile.TemporaryDirectory(prefix="fpfs-fuzz-", dir=args.workdir or "/dev/shm"
-                                     if os.path.isdir("/dev/shm") else None) as wd:
-        camp = Campaign(wd, os.path.abspath(args.findings))
-        camp.watchdog(args.hang_seconds)
-        print(f"engine {engine}, seed {args.seed}, {len(camp.seeds)} container seeds, "
-              f"{len(camp.kv)} kv seeds, {len(camp.payloads)} payload seeds, "
-              f"{args.seconds:.0f} s", flush=True)
-        if engine == "atheris":
-            rc = run_atheris(camp, args.seconds, args.seed, args.stats)
-        else:
-            rc = run_random(camp, args.seconds, args.seed, args.stats)
-        report = camp.report()
-        report["engine"] = engine
-        print(json.dumps(report, indent=1))
-        if args.stats:
-            _write_stats(args.stats, camp)
-        return rc
+    return drive(argv, __doc__.split("\n\n")[0],
+                 lambda workdir, findings, args: Campaign(workdir, findings))
 
 
 if __name__ == "__main__":

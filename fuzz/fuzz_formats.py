@@ -37,41 +37,28 @@ The same operators and oracles are used by tests/test_fuzz_formats.py (hypothesi
 """
 from __future__ import annotations
 
-import argparse
-import faulthandler
-import hashlib
 import io
 import json
 import os
 import pickle
 import random
-import resource
 import struct
 import sys
-import tempfile
-import threading
 import time
 import tracemalloc
 import zipfile
-from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import contextlib                                         # noqa: E402
+from fuzz.driver import Campaign as Driven, Violation, instrumented, rss  # noqa: E402
+from fuzz.driver import main as drive                                     # noqa: E402
 
-_instrument = contextlib.nullcontext()
-if __name__ == "__main__" and "random" not in sys.argv:
-    try:                        # coverage feedback for libFuzzer: instrument fpfs's Python
-        import atheris
-        _instrument = atheris.instrument_imports(include=["fpfs"])
-    except ImportError:
-        pass
-with _instrument:
+with instrumented(__name__ == "__main__"):
     from fpfs import _reference                               # noqa: E402
     from fpfs.codecs import (CODEC_BLOCKS, CODEC_DELTA, CODEC_MASKED, CODEC_PLANES,  # noqa: E402
                              CODEC_RAW, CODEC_ZSTD, decode_chunk, encode_chunk)
@@ -82,8 +69,8 @@ with _instrument:
                               npz as _f4, onnx as _f5, safetensors as _f6, torch_zip as _f7,
                               zip_entries as _f8)
 
-from fuzz.fuzz_container import (INTERESTING, OP_KINDS, Op, Violation,  # noqa: E402
-                                 _safetensors, _write_stats, apply_ops, random_ops)
+from fuzz.fuzz_container import (INTERESTING, OP_KINDS, Op,  # noqa: E402
+                                 _safetensors, apply_ops, random_ops)
 
 # Bounds of the oracle (the brief of the campaign: inputs < 1 MB).
 CPU_SECONDS = 2.0
@@ -1056,23 +1043,18 @@ def check_codec(codec: int, payload: bytes, length: int, base: bytes = b"",
 TARGETS = ("formats", "codecs")
 
 
-class Campaign:
+class Campaign(Driven):
+    """Inputs are (target, bytes): "formats" a whole file, "codecs" CodecInput.encode()."""
+    max_len = MAX_INPUT
+
     def __init__(self, workdir: str, findings: str, targets: Sequence[str]):
-        self.workdir = workdir
-        self.findings = findings
+        super().__init__(workdir, findings)
         self.targets = list(targets)
         self.marker = os.path.join(workdir, MARKER_NAME)
         check_marker_payload_is_live(self.marker)
         self.format_seeds = make_format_seeds(workdir, self.marker) if "formats" in targets else []
         self.format_bytes = [s.data for s in self.format_seeds]
         self.codec_seeds, self.bases = codec_seeds() if "codecs" in targets else ([], [])
-        self.counts: Counter = Counter()
-        self.violations: List[str] = []
-        self.current: Tuple[str, bytes] = ("", b"")
-        self.started_one = time.monotonic()
-        self.busy = False
-        self.t0 = time.monotonic()
-        self.keep_going = False
         self._check_seeds()
 
     def _check_seeds(self) -> None:
@@ -1092,49 +1074,27 @@ class Campaign:
             # reference decoder too makes that target 10x slower (172 vs ~1,900 inputs/s).
             tracemalloc.start()
 
-    def one(self, target: str, data: bytes) -> None:
-        self.started_one = time.monotonic()
-        self.busy = True
-        try:
-            self._one(target, data)
-        finally:
-            self.busy = False
+    def describe(self) -> str:
+        return (f"targets {','.join(self.targets)}, {len(self.format_seeds)} file seeds, "
+                f"{len(self.codec_seeds)} payload seeds, {len(self.bases)} base files")
 
-    def _one(self, target: str, data: bytes) -> None:
-        self.current = (target, data)
-        rss0 = _rss()
-        self.counts["inputs"] += 1
-        self.counts[f"inputs.{target}"] += 1
-        try:
-            if target == "formats":
-                fmt = check_format(data, self.marker)
-                self.counts[f"formats.{fmt}"] += 1
-            else:
-                inp = CodecInput.decode(data, len(self.bases))
-                base = self.bases[inp.base] if self.bases else b""
-                r = check_codec(inp.codec, inp.payload, inp.length, base)
-                self.counts[f"codecs.{inp.codec}.{r}"] += 1
-            rss = _rss()
-            if rss - rss0 > MEMORY_BOUND:       # the peak RSS jumped on this one input
-                raise Violation(f"peak RSS grew by {(rss - rss0) >> 20} MiB on this input")
-        except Violation as exc:
-            self.counts["violations"] += 1
-            self.violations.append(f"{target}: {exc}")
-            self.save(f"violation-{target}", data, str(exc))
-            raise
-        except MemoryError as exc:
-            self.counts["violations"] += 1
-            self.violations.append(f"{target}: MemoryError")
-            self.save(f"violation-{target}-memory", data, repr(exc))
-            raise Violation(f"{target}: MemoryError") from exc
+    def test(self, item: Tuple[str, bytes], rnd: random.Random) -> None:
+        target, data = item
+        self.one(target, data, lambda: self._check(target, data))
 
-    def save(self, prefix: str, data: bytes, why: str) -> None:
-        os.makedirs(self.findings, exist_ok=True)
-        h = hashlib.sha1(data).hexdigest()[:12]
-        with open(os.path.join(self.findings, f"{prefix}-{h}.bin"), "wb") as f:
-            f.write(data)
-        with open(os.path.join(self.findings, f"{prefix}-{h}.txt"), "w") as f:
-            f.write(why + "\n")
+    def _check(self, target: str, data: bytes) -> None:
+        rss0 = rss()
+        if target == "formats":
+            fmt = check_format(data, self.marker)
+            self.counts[f"formats.{fmt}"] += 1
+        else:
+            inp = CodecInput.decode(data, len(self.bases))
+            base = self.bases[inp.base] if self.bases else b""
+            r = check_codec(inp.codec, inp.payload, inp.length, base)
+            self.counts[f"codecs.{inp.codec}.{r}"] += 1
+        grown = rss() - rss0
+        if grown > MEMORY_BOUND:            # the peak RSS jumped on this one input
+            raise Violation(f"peak RSS grew by {grown >> 20} MiB on this input")
 
     def mutate(self, rnd: random.Random, target: Optional[str] = None) -> Tuple[str, bytes]:
         target = target or rnd.choice(self.targets)
@@ -1145,29 +1105,28 @@ class Campaign:
         seed = rnd.choice(self.codec_seeds)
         return target, mutate_codec(seed, random_codec_ops(rnd), len(self.bases)).encode()
 
-    def watchdog(self, limit: float) -> None:
-        def run():
-            while True:
-                time.sleep(1)
-                if self.busy and time.monotonic() - self.started_one > limit:
-                    name, data = self.current
-                    self.save(f"violation-{name}-hang", data, f"no result after {limit} s")
-                    faulthandler.dump_traceback(all_threads=True)
-                    print(json.dumps(self.report()), flush=True)
-                    os._exit(3)
-        threading.Thread(target=run, daemon=True, name="watchdog").start()
+    # libFuzzer's inputs: with both targets a first byte selects one
+    def _head(self, target: str) -> bytes:
+        return bytes([self.targets.index(target)]) if len(self.targets) > 1 else b""
 
-    def report(self) -> dict:
-        elapsed = time.monotonic() - self.t0
-        return {"elapsed_s": round(elapsed, 1), "inputs": self.counts["inputs"],
-                "inputs_per_s": round(self.counts["inputs"] / max(elapsed, 1e-9), 1),
-                "rss_mib": _rss() >> 20,
-                "counts": dict(sorted(self.counts.items())), "violations": self.violations[:20]}
+    def encode(self, item: Tuple[str, bytes]) -> bytes:
+        target, data = item
+        return self._head(target) + data
 
+    def decode(self, data: bytes) -> Optional[Tuple[str, bytes]]:
+        if len(data) > MAX_INPUT:
+            return None
+        if len(self.targets) > 1:
+            return self.targets[data[0] % 2] if data else self.targets[0], data[1:]
+        return self.targets[0], data
 
-def _rss() -> int:
-    """Peak RSS of this process in bytes (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+    def corpus(self) -> Iterator[Tuple[str, bytes]]:
+        for t in self.targets:
+            items = [s.data for s in self.format_seeds] if t == "formats" else \
+                [CodecInput(s.codec, s.payload, s.length, s.base).encode()
+                 for s in self.codec_seeds]
+            for i, item in enumerate(items):
+                yield f"{t}{i}", self.encode((t, item))
 
 
 def check_marker_payload_is_live(marker: str) -> None:
@@ -1185,136 +1144,15 @@ def check_marker_payload_is_live(marker: str) -> None:
         os.unlink(marker)
 
 
-def run_random(camp: Campaign, seconds: float, seed: int, stats_file: Optional[str]) -> int:
-    rnd = random.Random(seed)
-    deadline = time.monotonic() + seconds
-    last = time.monotonic()
-    while time.monotonic() < deadline:
-        target, data = camp.mutate(rnd)
-        try:
-            camp.one(target, data)
-        except Violation as exc:
-            print(f"VIOLATION: {exc}", file=sys.stderr, flush=True)
-        if stats_file and time.monotonic() - last > 10:
-            last = time.monotonic()
-            _write_stats(stats_file, camp)
-    return 1 if camp.violations else 0
-
-
-def run_atheris(camp: Campaign, seconds: float, seed: int, stats_file: Optional[str]) -> int:
-    """libFuzzer drives; the custom mutator mixes its byte-level mutations with ours. With
-    both targets the first byte of an input selects one; codec inputs are
-    CodecInput.encode() (codec id, chunk length, base index, payload)."""
-    import atheris
-    last = [time.monotonic()]
-    both = len(camp.targets) > 1
-
-    def split(data: bytes) -> Tuple[str, bytes]:
-        if both:
-            return camp.targets[data[0] % 2] if data else camp.targets[0], data[1:]
-        return camp.targets[0], data
-
-    def test_one(data: bytes) -> None:
-        if len(data) > MAX_INPUT:
-            return
-        target, body = split(data)
-        try:
-            camp.one(target, body)
-        except Violation:
-            if not camp.keep_going:
-                raise               # libFuzzer saves the input and stops
-        if stats_file and time.monotonic() - last[0] > 10:
-            last[0] = time.monotonic()
-            _write_stats(stats_file, camp)
-
-    def mutator(data: bytes, max_size: int, mseed: int) -> bytes:
-        r = random.Random(mseed)
-        if data and r.random() < 0.5:
-            return atheris.Mutate(data, max_size)
-        target, body = camp.mutate(r)
-        head = bytes([camp.targets.index(target)]) if both else b""
-        return head + body[:max_size - len(head)]
-
-    os.makedirs(camp.findings, exist_ok=True)
-    corpus = os.path.join(camp.workdir, "corpus")
-    os.makedirs(corpus, exist_ok=True)
-    for t in camp.targets:
-        head = bytes([camp.targets.index(t)]) if both else b""
-        items = [s.data for s in camp.format_seeds] if t == "formats" else \
-            [CodecInput(s.codec, s.payload, s.length, s.base).encode() for s in camp.codec_seeds]
-        for i, item in enumerate(items):
-            with open(os.path.join(corpus, f"{t}{i}"), "wb") as f:
-                f.write(head + item)
-    argv = [sys.argv[0], f"-max_total_time={int(seconds)}", f"-max_len={MAX_INPUT}",
-            f"-seed={seed}", "-timeout=60", "-rss_limit_mb=4096",
-            f"-artifact_prefix={camp.findings}/", "-print_final_stats=1", corpus]
-    import atexit
-    atexit.register(lambda: stats_file and _write_stats(stats_file, camp))
-    atheris.Setup(argv, test_one, custom_mutator=mutator)
-    atheris.Fuzz()
-    return 0
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--target", choices=("formats", "codecs", "all"), default="all")
-    ap.add_argument("--seconds", type=float, default=60, help="time budget (default 60)")
-    ap.add_argument("--engine", choices=("auto", "atheris", "random"), default="auto")
-    ap.add_argument("--seed", type=int, default=int(time.time()))
-    ap.add_argument("--workdir", default=None, help="scratch directory (default: a temp dir)")
-    ap.add_argument("--findings", default="fuzz/findings",
-                    help="where violating inputs are saved (default fuzz/findings)")
-    ap.add_argument("--stats", default=None, help="also write running counts to this JSON file")
-    ap.add_argument("--hang-seconds", type=float, default=30,
-                    help="one input taking longer than this (wall) aborts the run (default 30)")
-    ap.add_argument("--keep-going", action="store_true",
-                    help="atheris: record violations and go on instead of stopping at the first")
-    args = ap.parse_args(argv)
-    engine = args.engine
-    if engine == "auto":
-        try:
-            import atheris  # noqa: F401
-            engine = "atheris"
-        except ImportError:
-            engine = "random"
-    targets = list(TARGETS) if args.target == "all" else [args.target]
-    # a 2^60-byte allocation must fail loudly (MemoryError -> violation), not swap
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, hard))
-    with tempfile.TemporaryDirectory(prefix="fpfs-fuzzf-", dir=args.workdir or "/dev/shm"
-                                     if os.path.isdir("/dev/shm") else None) as wd:
-        if engine != "atheris":
-            return _campaign(wd, args, engine, targets)
-        # libFuzzer ends the process with exit(): run it in a child, so that this process
-        # removes the scratch directory (seeds, corpus) afterwards.
-        sys.stdout.flush()
-        pid = os.fork()
-        if pid == 0:
-            rc = 70
-            try:
-                rc = _campaign(wd, args, engine, targets)
-            finally:
-                os._exit(rc)
-        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    def add_target(ap) -> None:
+        ap.add_argument("--target", choices=("formats", "codecs", "all"), default="all")
 
+    def make(workdir: str, findings: str, args) -> Campaign:
+        return Campaign(workdir, findings, list(TARGETS) if args.target == "all"
+                        else [args.target])
+    return drive(argv, __doc__.split("\n\n")[0], make, add_target, prefix="fpfs-fuzzf-")
 
-def _campaign(wd: str, args, engine: str, targets: List[str]) -> int:
-    camp = Campaign(wd, os.path.abspath(args.findings), targets)
-    camp.keep_going = args.keep_going
-    camp.watchdog(args.hang_seconds)
-    print(f"engine {engine}, seed {args.seed}, targets {','.join(targets)}, "
-          f"{len(camp.format_seeds)} file seeds, {len(camp.codec_seeds)} payload seeds, "
-          f"{len(camp.bases)} base files, {args.seconds:.0f} s", flush=True)
-    if engine == "atheris":
-        rc = run_atheris(camp, args.seconds, args.seed, args.stats)
-    else:
-        rc = run_random(camp, args.seconds, args.seed, args.stats)
-    report = camp.report()
-    report["engine"] = engine
-    print(json.dumps(report, indent=1))
-    if args.stats:
-        _write_stats(args.stats, camp)
-    return rc
 
 if __name__ == "__main__":
     sys.exit(main())
