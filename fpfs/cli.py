@@ -18,7 +18,7 @@ from .commands.mount import cmd_mount, cmd_status, cmd_umount, cmd_warmup
 from .commands.stats import cmd_stats
 from .commands.verify import cmd_verify
 from .container import DEFAULT_CHUNK_SIZE
-from .errors import CorruptContainer, FpfsError, NotSafetensors
+from .errors import FpfsError, NotSafetensors
 from .options import (UserError, add_disk_cache_options, add_store_options, parse_size,
                       store_settings)
 from .progress import human_bytes
@@ -196,16 +196,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if hasattr(args, "endpoint_url"):
             configure_s3(store_settings(args))
         return args.func(args)
-    except UserError as exc:
+    except (UserError, NotSafetensors) as exc:      # what was asked cannot be done
         print(f"fpfs: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except NotSafetensors as exc:
-        print(f"fpfs: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except CorruptContainer as exc:
-        print(f"fpfs: error: {exc}", file=sys.stderr)
-        return EXIT_FAIL
-    except FpfsError as exc:
+    except FpfsError as exc:                        # a damaged container among them
         print(f"fpfs: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
