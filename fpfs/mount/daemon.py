@@ -7,7 +7,6 @@ import gc
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from typing import Optional
@@ -21,7 +20,6 @@ from .write_ops import FpfsOperations
 log = logging.getLogger("fpfs.mount")
 READAHEAD_KB = 1024
 MAX_BACKGROUND = 64
-SWITCH_INTERVAL = 0.0005     # seconds
 # libfuse's own default of worker threads, said out loud: libfuse 3.14 takes "no limit on
 # idle threads" (its default, UINT_MAX) for an invalid value and logs "Ignoring invalid max
 # threads value 4294967295" at every mount unless max_idle_threads is given. With as many
@@ -213,9 +211,6 @@ def run(backing: str, mountpoint: str, cache_bytes: int, threads: int,
     # Everything allocated so far lives as long as the daemon: out of the cyclic GC's
     # full collections, which otherwise walk it all every few thousand requests.
     gc.freeze()
-    # A FUSE thread waits for the GIL up to the switch interval (5 ms by default) while a
-    # decode or encode thread runs Python between its GIL-free kernels: per request.
-    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         _FUSE(ops, mountpoint, raw_fi=True, **options)
     except RuntimeError as exc:
