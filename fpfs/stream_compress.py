@@ -4,10 +4,17 @@ A safetensors file written in order (cp, save_file, save_pretrained, rsync) anno
 layout in its first bytes: the header names every tensor's dtype and place, and the file's
 size. From then on every chunk whose bytes have all been written is encoded at once, on a
 pool of one thread per core, and appended to a container being written beside it; when
-the writer closes the file only the last chunks, the trailer and the verification are
-left. Anything else - a write out of order, a truncate, another format, a file that needs
-a delta base, a size that does not match its header - gives the stream up, and the file is
-compressed whole when it is stored, as before. The staged file stays the source of truth
+the writer closes the file only the last chunks and the trailer are left: each chunk was
+decoded again and checked right after it was encoded, the whole-file SHA-256 taken of the
+bytes as they were appended, and the finished container is opened (every header, table
+and trailer check) before it is handed over.
+
+Writes may arrive a little out of order (the kernel's writeback sends several at once and
+FUSE threads serve them in any order): those beyond the bytes written from the start wait
+in a small set of ranges. Anything else - a byte written twice, too many ranges apart, a
+truncate, another format, a file that needs a delta base, a size that does not match its
+header - gives the stream up, and the file is compressed whole when it is stored, as
+before. The staged file stays the source of truth
 either way (it is what a crash leaves), so this only decides how early the work is done.
 """
 from __future__ import annotations
@@ -19,20 +26,26 @@ import logging
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Deque, Optional, Tuple
+from typing import Callable, Deque, Dict, Optional, Tuple
 
-from .codecs import DEFAULT_MIN_SAVING_PPM, untyped_level
-from .compress import AtomicOutput, encode_at, plan_chunks, verify_file
-from .container import DEFAULT_CHUNK_SIZE, ContainerWriter
+import numpy as np
+
+from .codecs import DEFAULT_MIN_SAVING_PPM, DecodeError, decode_chunk, untyped_level
+from .compress import AtomicOutput, encode_at, plan_chunks
+from .container import DEFAULT_CHUNK_SIZE, Container, ContainerWriter, checksum
+from .errors import CorruptContainer, FpfsError
 from .formats import FormatError, Layout
 from .formats.safetensors import header_length, layout_from_header
 
 log = logging.getLogger("fpfs")
 
-# Chunks encoded or being encoded and not yet appended: bounds the memory a fast writer
-# can make the stream hold (each is its original bytes plus its payload), and makes such a
-# writer wait for the encoders instead.
-MAX_PENDING = 64
+# Encoder tasks (of up to TASK_BYTES of chunks each: fewer thread hand-offs than one a
+# chunk) running or done and not yet appended: bounds the memory a fast writer can make the
+# stream hold (original bytes plus payloads), and makes such a writer wait for the encoders.
+TASK_BYTES = 1 << 20
+MAX_PENDING = 16
+# Written ranges not yet joined to the bytes written from the start.
+MAX_RANGES = 256
 
 
 class StreamingCompressor:
@@ -41,15 +54,14 @@ class StreamingCompressor:
     or None when the file must be compressed whole (then nothing is left behind)."""
 
     def __init__(self, fd: int, directory: str, pool: ThreadPoolExecutor,
-                 needs_base: Callable[[Layout], bool], store_root: str,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE):
+                 needs_base: Callable[[Layout], bool], chunk_size: int = DEFAULT_CHUNK_SIZE):
         self._fd = fd
         self._directory = directory
         self._pool = pool
         self._needs_base = needs_base
-        self._store_root = store_root
         self._chunk_size = chunk_size
         self._end = 0                   # bytes written in order from the start
+        self._ahead: Dict[int, int] = {}  # written ranges beyond _end: start -> end
         self._layout: Optional[Layout] = None
         self._todo: Deque[Tuple[int, int, str, None]] = collections.deque()
         self._pending: Deque[Future] = collections.deque()
@@ -57,6 +69,7 @@ class StreamingCompressor:
         self._writer: Optional[ContainerWriter] = None
         self._sha = hashlib.sha256()
         self._level = 0
+        self._chunk_count = 0
         self.given_up: Optional[str] = None
         self._lock = threading.Lock()
 
@@ -69,16 +82,14 @@ class StreamingCompressor:
         with self._lock:
             if self.given_up is not None or not length:
                 return
-            if offset != self._end:
-                self._give_up("written out of order")
+            if not self._note_range(offset, offset + length):
                 return
-            self._end += length
             try:
                 if self._layout is None and not self._read_layout():
                     return
                 self._submit_written()
                 self._append_done(wait=len(self._pending) > MAX_PENDING)
-            except (OSError, FormatError, ValueError) as exc:
+            except (OSError, FpfsError, FormatError, ValueError) as exc:
                 self._give_up(str(exc))
 
     def give_up(self, why: str) -> None:
@@ -99,28 +110,48 @@ class StreamingCompressor:
             if layout != self._layout and self._end == self._layout.file_size == size:
                 self._give_up("its layout differs from what its header said")
                 return None
-            if self._end != self._layout.file_size or size != self._end:
+            if self._end != self._layout.file_size or size != self._end or self._ahead:
                 if size > self._layout.file_size or self._end > self._layout.file_size:
                     self._give_up("longer than its header says")
                 return None
             try:
-                self._submit_written()
+                self._submit_written(all_of_them=True)
                 self._append_done(wait=True, all_of_them=True)
                 self._writer.finish(self._sha.digest())
                 out, self._out = self._out, None
                 self.given_up = "finished"
-            except (OSError, FormatError, ValueError) as exc:
+            except (OSError, FpfsError, FormatError, ValueError) as exc:
                 self._give_up(str(exc))
                 return None
         try:
             out.start_sync()
-            verify_file(out.tmp, root=self._store_root)
+            with Container(out.tmp) as c:
+                if c.original_size != size or c.sha256 != self._sha.digest() or \
+                        len(c) != self._chunk_count:
+                    raise CorruptContainer(f"{out.tmp}: not the container it was written as")
         except BaseException:
             out.abort()
             raise
         return out
 
     # -- under the lock -------------------------------------------------------------------
+    def _note_range(self, start: int, end: int) -> bool:
+        """Record [start, end) as written; False (given up) if any byte of it was written
+        before (its chunk may be encoded already) or too many ranges wait."""
+        if start < self._end or any(start < e and s < end for s, e in self._ahead.items()):
+            self._give_up("a byte written twice")
+            return False
+        if start > self._end:
+            if len(self._ahead) >= MAX_RANGES:
+                self._give_up("written too far out of order")
+                return False
+            self._ahead[start] = end
+            return True
+        self._end = end
+        while self._end in self._ahead:
+            self._end = self._ahead.pop(self._end)
+        return True
+
     def _read_layout(self) -> bool:
         """Once the header is in: the layout, and the container started. False: not yet."""
         if self._end < 16:
@@ -140,6 +171,7 @@ class StreamingCompressor:
         self._layout = layout
         self._level = untyped_level(sum(r.length for r in layout.regions if r.tensor is None))
         self._todo.extend(plan_chunks(layout, self._chunk_size))
+        self._chunk_count = len(self._todo)
         prefix = os.pread(self._fd, layout.prefix_length, 0)
         self._sha.update(prefix)
         self._out = AtomicOutput(os.path.join(self._directory, "stream.fpz"))
@@ -147,17 +179,28 @@ class StreamingCompressor:
                                        self._chunk_size)
         return True
 
-    def _submit_written(self) -> None:
-        while self._todo and self._todo[0][0] + self._todo[0][1] <= self._end:
-            chunk = self._todo.popleft()
-            self._pending.append(self._pool.submit(
-                encode_at, self._fd, chunk, DEFAULT_MIN_SAVING_PPM, None, self._level))
+    def _submit_written(self, all_of_them: bool = False) -> None:
+        """Hand the chunks written completely to the encoders, a task's worth at a time
+        (all_of_them: the last, smaller task too)."""
+        while self._todo:
+            task, size = [], 0
+            for chunk in self._todo:
+                if chunk[0] + chunk[1] > self._end or size >= TASK_BYTES:
+                    break
+                task.append(chunk)
+                size += chunk[1]
+            if not task or (size < TASK_BYTES and len(task) < len(self._todo)
+                            and not all_of_them and self._end < self._layout.file_size):
+                return
+            for _ in task:
+                self._todo.popleft()
+            self._pending.append(self._pool.submit(_encode_all, self._fd, task, self._level))
 
     def _append_done(self, wait: bool, all_of_them: bool = False) -> None:
         while self._pending and (self._pending[0].done() or wait):
-            rec, data = self._pending.popleft().result()
-            self._sha.update(data)
-            self._writer.add(rec)
+            for rec, data in self._pending.popleft().result():
+                self._sha.update(data)
+                self._writer.add(rec)
             if not all_of_them and len(self._pending) <= MAX_PENDING // 2:
                 wait = False
         if all_of_them and self._todo:
@@ -178,6 +221,24 @@ class StreamingCompressor:
             self._out.abort()
             self._out = None
         log.debug("streaming compression given up: %s", why)
+
+
+def _encode_all(fd: int, chunks, level: int) -> list:
+    return [_encode_checked(fd, chunk, level) for chunk in chunks]
+
+
+def _encode_checked(fd: int, chunk, level: int):
+    """encode_at, then the payload decoded again and checked against the original's
+    checksum (what verifying the finished file would do, while the chunk is in cache)."""
+    rec, data = encode_at(fd, chunk, DEFAULT_MIN_SAVING_PPM, None, level)
+    out = np.empty(rec.orig_length, np.uint8)
+    try:
+        decode_chunk(rec.codec, rec.payload, memoryview(out))
+    except DecodeError as exc:
+        raise CorruptContainer(f"chunk at {rec.orig_offset} does not decode: {exc}") from None
+    if checksum(out) != rec.checksum:
+        raise CorruptContainer(f"chunk at {rec.orig_offset} decodes to other bytes")
+    return rec, data
 
 
 def _data_length(raw: bytes) -> int:

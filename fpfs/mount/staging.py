@@ -132,8 +132,7 @@ class StagingArea:
         def needs_base(layout) -> bool:
             return choose_base(layout, neighbour_candidates(staged.target, self.root)) \
                 is not None
-        return StreamingCompressor(staged.fd, self.root, self._encoders, needs_base,
-                                   self.root)
+        return StreamingCompressor(staged.fd, self.root, self._encoders, needs_base)
 
     def wrote(self, staged: StagedFile, offset: int, length: int) -> None:
         """length bytes were written at offset (the stream compresses what is complete)."""
