@@ -48,7 +48,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Dict, Iterator, List, Optional
 
@@ -58,6 +57,7 @@ from bench._common import cli, mounted  # noqa: E402
 from tests import mounting  # noqa: E402
 from bench.bench_codec import cpu_model  # noqa: E402
 from bench import scale_models  # noqa: E402
+import fpfs  # noqa: E402
 
 PARTS = ("load", "pretrained", "torch", "gguf", "cores", "write", "untyped", "delta")
 REPORTING = "/sys/module/page_reporting/parameters/page_reporting_order"
@@ -141,8 +141,32 @@ def drop_caches() -> None:
         f.write("3\n")
 
 
-def run_loader(name: str, *args: str) -> dict:
+_hold_memory = False      # set while guest_memory_held is in force
+
+
+def fresh_start() -> None:
+    """Before each timed run: the page cache dropped and, while the guest's memory is held,
+    all free memory touched again (the host takes back pages however it was told, so a
+    run after a large free would otherwise pay for first touches the other did not)."""
     drop_caches()
+    if _hold_memory:
+        touch_free_memory()
+
+
+def touch_free_memory() -> int:
+    avail = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    touch = max(0, avail - (1 << 30))
+    subprocess.run([sys.executable, "-c", f"import numpy as np; a = np.ones({touch}, np.uint8)"],
+                   check=True)
+    return touch
+
+
+def run_loader(name: str, *args: str) -> dict:
+    fresh_start()
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-c", LOADERS[name], *args], capture_output=True,
                          text=True, env=env, timeout=1800)
@@ -159,21 +183,18 @@ def guest_memory_held(keep: bool) -> Iterator[str]:
         return
     with open(REPORTING) as f:
         old = f.read().strip()
+    global _hold_memory
     with open(REPORTING, "w") as f:
         f.write("11\n")
+    _hold_memory = True
     try:
         drop_caches()
-        avail = 0
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-        touch = max(0, avail - (1 << 30))
-        subprocess.run([sys.executable, "-c",
-                        f"import numpy as np; a = np.ones({touch}, np.uint8)"], check=True)
-        yield (f"guest free page reporting held off for the run ({human(touch)} touched "
-               f"once; page_reporting_order {old} -> 11, restored after)")
+        touch = touch_free_memory()
+        yield (f"guest free page reporting held off for the run (page_reporting_order {old} "
+               f"-> 11, restored after) and the free memory ({human(touch)}) touched before "
+               f"each timed run")
     finally:
+        _hold_memory = False
         with open(REPORTING, "w") as f:
             f.write(old + "\n")
 
@@ -326,7 +347,7 @@ class Scale:
         disk = os.path.join(self.data, "copy.safetensors")
 
         def cp_raw() -> dict:
-            drop_caches()
+            fresh_start()
             t = time.perf_counter()
             subprocess.run(["cp", src, disk], check=True)
             subprocess.run(["sync"], check=True)
@@ -338,7 +359,7 @@ class Scale:
             shutil.rmtree(wback, ignore_errors=True)
             os.makedirs(wback)
             with mounted(wback, wmnt, "--writable"):
-                drop_caches()
+                fresh_start()
                 t = time.perf_counter()
                 subprocess.run(["cp", src, wmnt], check=True)
                 subprocess.run(["sync"], check=True)
@@ -351,7 +372,7 @@ class Scale:
 
         def compress() -> dict:
             out = os.path.join(self.data, "one.fpz")
-            drop_caches()
+            fresh_start()
             t = time.perf_counter()
             cli("compress", src, out, timeout=1800)
             took = time.perf_counter() - t
@@ -369,7 +390,7 @@ class Scale:
         out = os.path.join(self.data, "text.out")
 
         def timed(cmd: List[str]) -> dict:
-            drop_caches()
+            fresh_start()
             t = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)
             took = time.perf_counter() - t
@@ -397,15 +418,15 @@ class Scale:
             os.makedirs(back_alone)
             cli("compress", "--no-delta", last,
                 os.path.join(back_alone, os.path.basename(last) + ".fpz"), timeout=3600)
-        info = json.loads(cli("stats", "--json", back_chain).stdout)
-        depth = describe_chain(info, os.path.basename(last))
+        with fpfs.open(os.path.join(back_chain, os.path.basename(last) + ".fpz")) as f:
+            depth = f.depth
 
         def read_through(backing: str) -> dict:
             with mounted(backing, self.mnt):
                 return run_loader("read", os.path.join(self.mnt, os.path.basename(last)))
         chain = self.best("delta chain read", lambda: read_through(back_chain))
         alone = self.best("stored alone read", lambda: read_through(back_alone))
-        self.row(f"sequential read of a checkpoint stored as {depth} vs stored alone",
+        self.row(f"sequential read of a checkpoint stored as a delta {depth} deep vs alone",
                  alone, chain, f"chain at {alone['seconds'] / chain['seconds']:.2f}x alone",
                  os.path.getsize(last))
 
@@ -460,17 +481,6 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "each": []}))
     res = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True,
                          check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def describe_chain(stats: dict, name: str) -> str:
-    files = {os.path.basename(f.get("path", "")): f for f in stats.get("files", [])}
-    depth = 0
-    entry = files.get(name + ".fpz") or files.get(name)
-    while entry is not None and entry.get("base"):
-        depth += 1
-        entry = files.get(os.path.basename(entry["base"]) + ".fpz") or \
-            files.get(os.path.basename(entry["base"]))
-    return f"a delta {depth} deep" if depth else "a delta chain"
 
 
 def write_docs(table: str, command: str) -> None:

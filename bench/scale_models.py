@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, List, Tuple
 
 # Llama-3.2-3B
 LLAMA_3B = dict(hidden=3072, intermediate=8192, layers=28, heads=24, kv_heads=8, vocab=128256)
@@ -114,6 +114,7 @@ def make_torch_checkpoint(path: str, nbytes: int = 2_200_000_000, seed: int = 1)
     import torch
     if os.path.exists(path):
         return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
     state = {}
     rows, cols = 4096, 4096
@@ -133,6 +134,7 @@ def make_gguf(path: str, nbytes: int = 2_200_000_000, seed: int = 2) -> str:
     import gguf
     if os.path.exists(path):
         return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     rng = np.random.default_rng(seed)
     tmp = path + ".tmp"
     w = gguf.GGUFWriter(tmp, "llama")
