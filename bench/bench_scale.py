@@ -235,12 +235,13 @@ class Scale:
             self.gguf_file = scale_models.make_gguf(os.path.join(self.models, "gguf",
                                                                  "model-f16.gguf"))
         print(f"models ready in {time.perf_counter() - t:.0f} s", flush=True)
-        if not os.path.exists(os.path.join(self.packed, ".complete")):
+        wanted = [self.packed_path(p) for p in self.shards + [
+            getattr(self, "torch_file", None), getattr(self, "gguf_file", None)] if p]
+        if not all(os.path.exists(p) for p in wanted):
             shutil.rmtree(self.packed, ignore_errors=True)
             t = time.perf_counter()
             cli("compress", self.models, self.packed, timeout=3600)
             took = time.perf_counter() - t
-            open(os.path.join(self.packed, ".complete"), "w").close()
             self.notes.append(f"`fpfs compress` of the model tree: {took:.1f} s")
         os.makedirs(self.mnt, exist_ok=True)
 

@@ -193,10 +193,12 @@ class PackedFile:
         index, last = c.chunk_index(start), c.chunk_index(end - 1)
         while index <= last:
             cstart, length = c.chunk_span(index)
-            if cache.ahead_used + length > cache.ahead_budget:
+            key = (identity, index)
+            flight = None if self._served[index] else cache.claim(key, length)
+            if flight is None and not self._served[index] and not cache.contains(key):
+                # no room, even after dropping what stopped readers left: go on later
                 self._streams.scheduled_to(target, cstart)
                 break
-            flight = None if self._served[index] else cache.claim((identity, index), length)
             if flight is not None:
                 group.append((index, flight))
                 group_bytes += length

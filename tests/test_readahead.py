@@ -282,3 +282,29 @@ def test_chunks_readers_ask_for_never_push_out_those_decoded_ahead():
     assert cache.used + cache.ahead_used <= 8 * MiB
     cache.discard(("ahead", 1))
     assert not cache.contains(("ahead", 1)) and cache.stats.taken == 1
+
+
+def test_stopped_readers_do_not_hold_the_ahead_budget(model):
+    """A reader that stops mid-file leaves chunks decoded ahead that no one reads; later
+    streams still get theirs (the oldest left-overs are dropped), within the budget."""
+    content, fpz = model
+    cache = ChunkCache(8 * MiB, ahead_budget=2 * MiB)
+    ra = ReadAhead(2)
+    pf = PackedFile(fpz, cache, ra)
+    try:
+        stop = len(content) - 4 * MiB             # read a little near the end, then stop
+        for off in range(stop - 4 * MiB, stop, MiB):
+            pf.read_into(off, bytearray(MiB))
+        ra.pool.submit(lambda: None).result()
+        assert cache.ahead_used > MiB             # left-overs hold the budget
+        before = cache.stats.ahead
+        half = (len(content) // 2) & ~(MiB - 1)
+        for off in range(0, half, MiB):           # another stream, far from them
+            buf = bytearray(MiB)
+            pf.read_into(off, buf)
+            assert bytes(buf) == content[off:off + MiB]
+        assert cache.stats.ahead > before
+        assert cache.ahead_used <= cache.ahead_budget
+    finally:
+        pf.close()
+        ra.shutdown()
