@@ -4,13 +4,14 @@ atomic copies through them; and their writeback to the disk, started while they 
 being written."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import logging
 import os
 import shutil
 import tempfile
-from typing import Tuple
+from typing import Iterator, Tuple
 
 log = logging.getLogger("fpfs")
 TMP_PREFIX = ".fpfs-tmp-"            # every temporary file fpfs makes starts so
@@ -23,22 +24,53 @@ def create(directory: str, tag: str = "") -> Tuple[int, str]:
     return fd, path
 
 
-def copy_file_atomic(src: str, dst: str) -> None:
-    """Copy bytes, mode and times through a (locked) temporary file and a rename."""
+@contextlib.contextmanager
+def replacing(dst: str) -> Iterator[Tuple[int, str]]:
+    """(fd, path) of a locked temporary file beside dst, for the body to fill and rename
+    over dst; removed if the body raises, closed either way."""
     fd, tmp = create(os.path.dirname(os.path.abspath(dst)))
     try:
-        with open(src, "rb") as fin, os.fdopen(os.dup(fd), "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        shutil.copystat(src, tmp)
-        os.replace(tmp, dst)
+        yield fd, tmp
     except BaseException:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
     finally:
         os.close(fd)
+
+
+def copy_file_atomic(src: str, dst: str) -> None:
+    """Copy bytes, mode and times through a (locked) temporary file and a rename."""
+    with replacing(dst) as (fd, tmp):
+        with open(src, "rb") as fin, os.fdopen(os.dup(fd), "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        shutil.copystat(src, tmp)
+        os.replace(tmp, dst)
+
+
+def write_atomic(dst: str, parts, durable: bool = True, mode: int = 0o644) -> None:
+    """Write the bytes-like parts to dst through a (locked) temporary file beside it and
+    a rename: readers see the old file or the whole new one, never a part. durable: the
+    file is fsync-ed before the rename and the directory after it (a crash keeps the old
+    file or the new one); without it a crash may leave a damaged file, which only a
+    reader that checks a checksum may accept."""
+    with replacing(dst) as (fd, tmp):
+        os.fchmod(fd, mode)
+        for part in parts:
+            view = memoryview(part).cast("B")
+            while view:
+                view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+        os.replace(tmp, dst)
+    if durable:
+        dir_fd = os.open(os.path.dirname(os.path.abspath(dst)), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def remove_stale(root: str) -> int:

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import xxhash
 
-from .codecs import (CODEC_DELTA, CODEC_ZSTD, CODECS, V1_CODECS, V4_CODECS, DecodeError,
-                     decode_chunk, dtype_code, dtype_name, encode_chunk)
-from .container import DEFAULT_CHUNK_SIZE, validate_chunk_size
-from .errors import CorruptContainer, FpfsError
+from ..codecs import (CODEC_DELTA, CODEC_ZSTD, CODECS, V1_CODECS, V4_CODECS, DecodeError,
+                      decode_chunk, dtype_code, dtype_name, encode_chunk)
+from ..container import DEFAULT_CHUNK_SIZE, validate_chunk_size
+from ..errors import CorruptContainer, FpfsError
 
 MAGIC = b"FPKV"
 VERSION = 4                 # 4: BF16 chunks may be EXPMANT (container v4)
@@ -124,62 +124,88 @@ def decompress(blob: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Any:
     return out.view(_numpy_dtypes()[name]).reshape(shape)
 
 
-def _decode(blob: memoryview, chunk_size: int):
-    def bad(why: str):
-        raise CorruptContainer(f"K/V blob: {why}")
+class BlobHead(NamedTuple):
+    """What a blob's header says, validated: its tensor's dtype name, shape and byte
+    length; where its chunk entries start; its chunk size and count."""
+    version: int
+    dtype: str
+    framework: int
+    shape: Tuple[int, ...]
+    nbytes: int
+    checksum: int
+    chunk_size: int
+    nchunks: int
+    table: int
+
+
+def _bad(why: str):
+    raise CorruptContainer(f"K/V blob: {why}")
+
+
+def blob_head(blob, chunk_size: int = DEFAULT_CHUNK_SIZE) -> BlobHead:
+    """The validated header of a blob (its dtype and shape without decoding it). Raises
+    CorruptContainer; the data is checked only by decompress."""
+    blob = memoryview(blob)
     if len(blob) < _HEAD.size:
-        bad("too short")
+        _bad("too short")
     magic, version, code, framework, ndim = _HEAD.unpack_from(blob, 0)
     if magic != MAGIC:
-        bad("bad magic (not produced by fpfs.kv.compress)")
+        _bad("bad magic (not produced by fpfs.kv.compress)")
     if version not in READABLE_VERSIONS or framework not in (_NUMPY, _TORCH) or \
             ndim > MAX_NDIM:
-        bad(f"unsupported version {version} or header fields")
+        _bad(f"unsupported version {version} or header fields")
     name = dtype_name(code)
     if name not in SUPPORTED:
-        bad(f"dtype code {code}")
+        _bad(f"dtype code {code}")
     pos = _HEAD.size + 8 * ndim
     if len(blob) < pos + _TAIL.size:
-        bad("truncated header")
+        _bad("truncated header")
     shape = struct.unpack_from(f"<{ndim}Q", blob, _HEAD.size)
     nbytes, csum, nchunks = _TAIL.unpack_from(blob, pos)
     pos += _TAIL.size
     if version >= 2:
         if len(blob) < pos + _CHUNK_SIZE.size:
-            bad("truncated header")
+            _bad("truncated header")
         (chunk_size,) = _CHUNK_SIZE.unpack_from(blob, pos)
         pos += _CHUNK_SIZE.size
         if chunk_size == 0 or chunk_size > max(MAX_WHOLE_CHUNK, DEFAULT_CHUNK_SIZE):
-            bad(f"chunk size {chunk_size}")
+            _bad(f"chunk size {chunk_size}")
     itemsize = _numpy_dtypes()[name].itemsize
     extent = 1                  # numpy refuses shapes whose non-zero dims overflow intp
     for dim in shape:
         extent *= max(dim, 1)
     if extent * itemsize >= 1 << 63:
-        bad("shape too large")
+        _bad("shape too large")
     if int(np.prod(shape, dtype=object)) * itemsize != nbytes or \
             nchunks != -(-nbytes // chunk_size) or pos + nchunks * _CHUNK.size > len(blob):
-        bad("inconsistent sizes")
+        _bad("inconsistent sizes")
+    return BlobHead(version, name, framework, tuple(shape), nbytes, csum, chunk_size,
+                    nchunks, pos)
+
+
+def _decode(blob: memoryview, chunk_size: int):
+    version, name, framework, shape, nbytes, csum, chunk_size, nchunks, pos = \
+        blob_head(blob, chunk_size)
     out = np.empty(nbytes, dtype=np.uint8)
     data_pos = pos + nchunks * _CHUNK.size
     for i in range(nchunks):
         codec, length = _CHUNK.unpack_from(blob, pos + i * _CHUNK.size)
         if data_pos + length > len(blob):
-            bad("truncated payload")
+            _bad("truncated payload")
         allowed = V1_CODECS if version == 1 else \
             KV_CODECS if version >= 4 else KV_CODECS - V4_CODECS
         if codec not in allowed:
-            bad(f"chunk {i}: codec {codec} not allowed in a version {version} blob")
+            _bad(f"chunk {i}: codec {codec} not allowed in a version {version} blob")
         try:
             decode_chunk(codec, blob[data_pos:data_pos + length],
                          memoryview(out)[i * chunk_size:min(nbytes, (i + 1) * chunk_size)])
         except DecodeError as exc:
-            bad(f"chunk {i}: {exc}")
+            _bad(f"chunk {i}: {exc}")
         data_pos += length
     if data_pos != len(blob):
-        bad("trailing bytes")
-    if _checksum(out, bytes(blob[:_HEAD.size + 8 * ndim])) != csum:
-        bad("checksum mismatch")
+        _bad("trailing bytes")
+    if _checksum(out, bytes(blob[:_HEAD.size + 8 * len(shape)])) != csum:
+        _bad("checksum mismatch")
     return name, framework, shape, out
 
 
