@@ -5,10 +5,23 @@ Tensors (tensors.py; numpy arrays, ml_dtypes or torch; FP16, BF16, FP32, F8_E4M3
     blob = fpfs.kv.compress(tensor)         # bytes, shape and dtype preserved
     tensor = fpfs.kv.decompress(blob)       # same type (numpy or torch) and dtype
 
-Byte layout ("FPKV") in FORMAT.md.
+transformers' DynamicCache, one file or s3:// object per cache (caches.py, cache_file.py):
+
+    fpfs.kv.save_cache(cache, "prompt.fpkc", token_ids=ids, label="my-model")
+    cache = fpfs.kv.load_cache("prompt.fpkc", expect=model)
+    model.generate(longer_ids, past_key_values=cache)
+
+Damaged or foreign data raises CorruptContainer; a cache of another model shape, dtype,
+label or token sequence raises CacheMismatch. Byte layouts ("FPKV", "FPKC") are in
+FORMAT.md.
 """
+from .cache_file import CacheFile
+from .caches import (CacheMismatch, CacheSpec, UnsupportedCache, build_cache, cache_layers,
+                     load_cache, save_cache)
 from .tensors import (MAGIC, MAX_WHOLE_CHUNK, SUPPORTED, VERSION, BlobHead, UnsupportedDtype,
                       blob_head, compress, compress_block, decompress, restore_block)
 
 __all__ = ["compress", "decompress", "compress_block", "restore_block", "blob_head",
-           "BlobHead", "UnsupportedDtype", "SUPPORTED", "MAGIC", "VERSION", "MAX_WHOLE_CHUNK"]
+           "BlobHead", "UnsupportedDtype", "SUPPORTED", "MAGIC", "VERSION", "MAX_WHOLE_CHUNK",
+           "save_cache", "load_cache", "build_cache", "cache_layers", "CacheSpec",
+           "CacheFile", "CacheMismatch", "UnsupportedCache"]
