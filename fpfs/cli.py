@@ -14,6 +14,7 @@ from .commands import EXIT_FAIL, EXIT_USAGE
 from .commands.compress import cmd_compress
 from .commands.decompress import cmd_decompress
 from .commands.gc import cmd_gc
+from .commands.kv import cmd_kv_gc, cmd_kv_ls, cmd_kv_stats
 from .commands.mount import cmd_mount, cmd_status, cmd_umount, cmd_warmup
 from .commands.stats import cmd_stats
 from .commands.verify import cmd_verify
@@ -169,7 +170,42 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("mountpoint", metavar="MOUNTPOINT")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+    add_kv_parser(sub)
     return p
+
+
+def add_kv_parser(sub) -> None:
+    k = sub.add_parser("kv", help="list, measure and trim a K/V prefix store",
+                       description="A K/V prefix store (fpfs.kv.PrefixStore) keeps the "
+                       "compressed K/V caches of token sequences in blocks of N tokens, so "
+                       "a model skips the prefill of a prefix it has seen. ROOT: its "
+                       "directory, or s3://BUCKET/PREFIX.")
+    kinds = k.add_subparsers(dest="kv_command", metavar="KV_COMMAND")
+    ls = kinds.add_parser("ls", help="every block: last use, tokens, size",
+                          description="List every block of the store, most recently used "
+                          "first: when, the prefix length it ends (tokens), its size and "
+                          "its size as a share of the K/V it holds.")
+    st = kinds.add_parser("stats", help="blocks, prefixes, bytes and ratio of a store")
+    for c, func in ((ls, cmd_kv_ls), (st, cmd_kv_stats)):
+        c.add_argument("root", metavar="ROOT")
+        c.add_argument("--json", action="store_true", help="machine-readable output")
+        add_store_options(c)
+        c.set_defaults(func=func)
+    gc = kinds.add_parser("gc", help="evict least recently used blocks down to a size",
+                          description="Remove the least recently used blocks of a local "
+                          "store (a prefix's later blocks before its first) until it holds "
+                          "at most --max-size bytes, and temporary files that dead writers "
+                          "left. Safe while other processes use the store.")
+    gc.add_argument("root", metavar="ROOT")
+    gc.add_argument("--max-size", type=parse_size, required=True, metavar="SIZE",
+                    help="bytes to keep at most (e.g. 20G)")
+    gc.set_defaults(func=cmd_kv_gc)
+    k.set_defaults(func=lambda args: _kv_usage(k))
+
+
+def _kv_usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return EXIT_USAGE
 
 
 def _commands(parser: argparse.ArgumentParser) -> List[str]:

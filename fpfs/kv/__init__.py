@@ -11,17 +11,24 @@ transformers' DynamicCache, one file or s3:// object per cache (caches.py, cache
     cache = fpfs.kv.load_cache("prompt.fpkc", expect=model)
     model.generate(longer_ids, past_key_values=cache)
 
-Damaged or foreign data raises CorruptContainer; a cache of another model shape, dtype,
-label or token sequence raises CacheMismatch. Byte layouts ("FPKV", "FPKC") are in
-FORMAT.md.
+A store of prefix caches keyed by token ids, shared by processes (prefix_store.py):
+
+    store = fpfs.kv.PrefixStore("/var/cache/kv", label="my-model", max_size=20 << 30)
+    store.put(ids, cache)                   # the cache of every whole block of ids
+    n, cache = store.longest_prefix(ids, expect=model)   # (0, None) on a miss
+
+Damaged or foreign data raises CorruptContainer (a store answers a miss); a cache of
+another model shape, dtype, label or token sequence raises CacheMismatch (a miss).
+Byte layouts ("FPKV", "FPKC", the store's tree) are in FORMAT.md.
 """
 from .cache_file import CacheFile
 from .caches import (CacheMismatch, CacheSpec, UnsupportedCache, build_cache, cache_layers,
                      load_cache, save_cache)
+from .prefix_store import PrefixStore
 from .tensors import (MAGIC, MAX_WHOLE_CHUNK, SUPPORTED, VERSION, BlobHead, UnsupportedDtype,
                       blob_head, compress, compress_block, decompress, restore_block)
 
 __all__ = ["compress", "decompress", "compress_block", "restore_block", "blob_head",
            "BlobHead", "UnsupportedDtype", "SUPPORTED", "MAGIC", "VERSION", "MAX_WHOLE_CHUNK",
            "save_cache", "load_cache", "build_cache", "cache_layers", "CacheSpec",
-           "CacheFile", "CacheMismatch", "UnsupportedCache"]
+           "CacheFile", "CacheMismatch", "UnsupportedCache", "PrefixStore"]
