@@ -62,7 +62,7 @@ def prefill(model, ids: torch.Tensor) -> DynamicCache:
 
 
 def generate(model, ids: torch.Tensor, cache) -> torch.Tensor:
-    return model.generate(ids, past_key_values=cache, max_new_tokens=12, do_sample=False,
+    return model.generate(ids, cache=cache, max_new_tokens=12, do_sample=False,
                           attention_mask=torch.ones_like(ids))
 
 
