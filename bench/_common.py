@@ -3,6 +3,7 @@ the tests use, tests/mounting.py), and small timing/statistics helpers."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
@@ -55,3 +56,54 @@ def percentile(sorted_values: List[float], q: float) -> float:
         return float("nan")
     k = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
     return sorted_values[k]
+
+
+DOCS = os.path.join(REPO, "docs", "BENCHMARKS.md")
+
+
+def write_docs_section(section: str, text: str, docs: str = DOCS) -> None:
+    """Put text, under the command that made it, between the <!-- section --> and
+    <!-- /section --> markers of docs/BENCHMARKS.md (a new section at the end if the
+    markers are not there yet), so the tables there are what the scripts print."""
+    start, end = f"<!-- {section} -->", f"<!-- /{section} -->"
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] +
+                                   [a for a in sys.argv[1:] if a != "--write-docs"])
+    lines = text.strip("\n").splitlines()
+    if lines and lines[0].startswith("#"):          # the docs have the section's heading
+        lines = lines[1:]
+    block = f"{start}\n```sh\n{command}\n```\n" + "\n".join(lines).strip("\n") + f"\n{end}"
+    current = open(docs).read() if os.path.exists(docs) else "# Benchmarks\n"
+    if start in current and end in current:
+        current = current[:current.index(start)] + block + \
+            current[current.index(end) + len(end):]
+    else:
+        current = current.rstrip("\n") + f"\n\n## {section}\n\n{block}\n"
+    with open(docs, "w") as f:
+        f.write(current)
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self._streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self._streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self._streams:
+            s.flush()
+
+
+@contextlib.contextmanager
+def report(section: str, write_docs: bool) -> Iterator[None]:
+    """What the block prints to stdout is the script's report (progress goes to stderr):
+    with write_docs it also becomes the docs/BENCHMARKS.md section of that name."""
+    if not write_docs:
+        yield
+        return
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
+        yield
+    write_docs_section(section, captured.getvalue())

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import zstandard  # noqa: E402
 
-from bench._common import best_time  # noqa: E402
+from bench._common import best_time, report  # noqa: E402
 
 import fpfs  # noqa: E402
 from fpfs import _kernels, parallel  # noqa: E402
@@ -212,7 +212,14 @@ def main() -> None:
                     help="where `fpfs compress` and `fpfs decompress` write (default: "
                          "%(default)s, tmpfs, so that the disk's fsync is not what is timed; "
                          "ZipNN's functions return bytes in memory and write no file)")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="also put the report into docs/BENCHMARKS.md")
     args = ap.parse_args()
+    with report("bench_codec", args.write_docs):
+        run(args)
+
+
+def run(args) -> None:
     tmp = tempfile.mkdtemp(prefix="fpfs-bench-")
     args.out_dir = args.out_dir or tmp
     kernels = [k for k in args.kernels.split(",") if _kernels.set_simd_kernel(k) == k]

@@ -30,7 +30,7 @@ sys.path.insert(0, REPO)
 import fpfs  # noqa: E402
 from fpfs.cache import ChunkCache  # noqa: E402
 from bench import peers  # noqa: E402
-from bench._common import cli, mounted, status  # noqa: E402
+from bench._common import cli, mounted, status, report  # noqa: E402
 from tests.finetune import make_series  # noqa: E402
 
 DELTA_PEERS = ("z4ai", "lmz", "glyd", "zipnn", "zstd")
@@ -165,7 +165,14 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", choices=("sizes", "speed"), default=None,
                     help="run one part (default: everything)")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="also put the report into docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
+    with report("bench_delta", args.write_docs):
+        return run(args)
+
+
+def run(args) -> int:
     os.makedirs(args.work, exist_ok=True)
     series_root = os.path.join(args.work, "series")
     bf16 = dict(zip(STEPS, make_series(series_root, steps=STEPS, dtype="BF16")))

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 import fpfs  # noqa: E402
 from bench import peers  # noqa: E402
-from bench._common import best_time, mounted  # noqa: E402
+from bench._common import mounted, report  # noqa: E402
 from tests.finetune import make_series  # noqa: E402
 from tests.gguf_files import gguf_file  # noqa: E402
 from tests.weights import MODEL_DIR, MODEL_FILE  # noqa: E402
@@ -99,7 +99,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default=os.path.join(REPO, "bench", "out", "formats"))
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--write-docs", action="store_true",
+                    help="also put the report into docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
+    with report("bench_formats", args.write_docs):
+        return run(args)
+
+
+def run(args) -> int:
     os.makedirs(args.work, exist_ok=True)
     files = build(args.work)
     cpu = peers._cpu()

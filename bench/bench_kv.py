@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench._common import best_time  # noqa: E402  (first: it settles BLAS threads)
+from bench._common import best_time, report  # noqa: E402  (first: it settles BLAS threads)
 
 import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
@@ -150,7 +150,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sentences", type=int, default=300, help="sentences of text (default 300)")
     ap.add_argument("--repeat", type=int, default=3, help="best of N timings (default 3)")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="also put the report into docs/BENCHMARKS.md")
     args = ap.parse_args()
+    with report("bench_kv", args.write_docs):
+        run(args)
+
+
+def run(args) -> None:
     from zipnn import ZipNN
 
     texts = sentences(args.sentences)

@@ -47,7 +47,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench._common import best_time, cli, mounted, percentile, status  # noqa: E402
+from bench._common import best_time, cli, mounted, percentile, status, report  # noqa: E402
 from bench.bench_codec import (THREADS, bench_fpfs, bench_zipnn,  # noqa: E402
                                cpu_model)
 from fpfs import _kernels  # noqa: E402
@@ -263,7 +263,14 @@ def main() -> None:
                     help="4 KiB preads per latency run (default 2000)")
     ap.add_argument("--cache-size", default="1G", help="fpfs mount --cache-size (default 1G)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="also put the report into docs/BENCHMARKS.md")
     args = ap.parse_args()
+    with report("bench_mount", args.write_docs):
+        run(args)
+
+
+def run(args) -> None:
     work = tempfile.mkdtemp(prefix="fpfs-bench-mount-")
     results = {}
     try:

@@ -53,7 +53,7 @@ from typing import Dict, Iterator, List, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench._common import cli, mounted  # noqa: E402
+from bench._common import cli, mounted, write_docs_section  # noqa: E402
 from tests import mounting  # noqa: E402
 from bench.bench_codec import cpu_model  # noqa: E402
 from bench import scale_models  # noqa: E402
@@ -61,8 +61,6 @@ import fpfs  # noqa: E402
 
 PARTS = ("load", "pretrained", "torch", "gguf", "cores", "write", "untyped", "delta")
 REPORTING = "/sys/module/page_reporting/parameters/page_reporting_order"
-DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                    "docs", "BENCHMARKS.md")
 
 # Loaders, each run as `python -c LOADER ARGS...` in a fresh process; they print one JSON
 # line {"seconds": total, "each": [per file]}. Imports are outside the timing.
@@ -484,18 +482,6 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "each": []}))
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def write_docs(table: str, command: str) -> None:
-    start, end = "<!-- bench_scale -->", "<!-- /bench_scale -->"
-    block = f"{start}\n`{command}`\n\n{table}\n{end}"
-    text = open(DOCS).read() if os.path.exists(DOCS) else "# Benchmarks\n"
-    if start in text and end in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n## At real size (bench/bench_scale.py)\n\n" + block + "\n"
-    with open(DOCS, "w") as f:
-        f.write(text)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -526,7 +512,7 @@ def main() -> int:
         with open(args.json, "w") as f:
             json.dump(scale.results, f, indent=1)
     if args.write_docs:
-        write_docs(table, "python bench/bench_scale.py " + " ".join(sys.argv[1:]))
+        write_docs_section("bench_scale", table)
     return 0
 
 
