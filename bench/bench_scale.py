@@ -299,27 +299,26 @@ class Scale:
                 "load_file", os.path.dirname(shards[0]), shards))
             self.row("same through lmzip's mount (lmzip 1.3.0)", raw, lmz, "", size)
 
+    def raw_vs_mount(self, loader: str, path: str, what: str, size: int) -> None:
+        """loader on path (a file or model directory) from the raw files and through a
+        fresh mount, one row."""
+        raw = self.best(f"{loader} raw", lambda: run_loader(loader, path))
+        mnt = self.best(f"{loader} mount", lambda: self.on_mount(loader, [path]))
+        self.row(what, raw, mnt, "", size)
+
     def part_pretrained(self) -> None:
-        model_dir = os.path.dirname(self.shards[0])
-        raw = self.best("from_pretrained raw", lambda: run_loader("from_pretrained", model_dir))
-        mnt = self.best("from_pretrained mount",
-                        lambda: self.on_mount("from_pretrained", [model_dir]))
-        self.row("`from_pretrained` + every weight read", raw, mnt, "",
-                 total_size(self.shards))
+        self.raw_vs_mount("from_pretrained", os.path.dirname(self.shards[0]),
+                          "`from_pretrained` + every weight read", total_size(self.shards))
 
     def part_torch(self) -> None:
-        f = self.torch_file
-        raw = self.best("torch.load raw", lambda: run_loader("torch.load", f))
-        mnt = self.best("torch.load mount", lambda: self.on_mount("torch.load", [f]))
-        self.row("`torch.load(mmap=True)` FP32 state dict + every page", raw, mnt, "",
-                 os.path.getsize(f))
+        self.raw_vs_mount("torch.load", self.torch_file,
+                          "`torch.load(mmap=True)` FP32 state dict + every page",
+                          os.path.getsize(self.torch_file))
 
     def part_gguf(self) -> None:
-        f = self.gguf_file
-        raw = self.best("GGUFReader raw", lambda: run_loader("GGUFReader", f))
-        mnt = self.best("GGUFReader mount", lambda: self.on_mount("GGUFReader", [f]))
-        self.row("`gguf.GGUFReader` F16 + every tensor page", raw, mnt, "",
-                 os.path.getsize(f))
+        self.raw_vs_mount("GGUFReader", self.gguf_file,
+                          "`gguf.GGUFReader` F16 + every tensor page",
+                          os.path.getsize(self.gguf_file))
 
     def part_cores(self) -> None:
         shards, size = self.shards, total_size(self.shards)
