@@ -41,6 +41,11 @@ class CompressResult:
         return self.stored_size / self.original_size if self.original_size else 1.0
 
 
+def layout_level(layout: Layout) -> int:
+    """The zstd level for a file's untyped chunks, by how many bytes it has no tensor for."""
+    return untyped_level(sum(r.length for r in layout.regions if r.tensor is None))
+
+
 def plan_chunks(layout: Layout, chunk_size: int,
                 base_offsets: Optional[Dict[int, int]] = None) -> List[Chunk]:
     """(offset, length, dtype, base offset) of every chunk: regions cut at chunk_size (at a
@@ -67,7 +72,7 @@ def plan_chunks(layout: Layout, chunk_size: int,
 
 
 def encode_at(fd: int, chunk: Chunk, min_saving_ppm: int,
-            base: Optional[BaseSource], level_untyped: int) -> Tuple[ChunkRecord, bytes]:
+              base: Optional[BaseSource], level_untyped: int) -> Tuple[ChunkRecord, bytes]:
     """Read and encode one chunk (os.pread, not mmap: a source that shrinks or a full tmpfs
     must be an error, not a SIGBUS that kills the process, e.g. the mount daemon)."""
     off, length, dtype, base_off = chunk
@@ -245,7 +250,7 @@ def _write_container(fd, layout, file, chunk_size, threads, progress, min_saving
     writer = ContainerWriter(file, prefix, layout.file_size, chunk_size, ref)
     done = layout.prefix_length
     synced = 0
-    level = untyped_level(sum(r.length for r in layout.regions if r.tensor is None))
+    level = layout_level(layout)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fpfs-enc") as pool:
         encode = lambda chunk: encode_at(fd, chunk, min_saving_ppm, base, level)  # noqa: E731
         for rec, data in _ordered_map(pool, encode,

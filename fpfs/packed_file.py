@@ -202,10 +202,7 @@ class PackedFile:
             if flight is not None:
                 group.append((index, flight))
                 group_bytes += length
-            elif group:
-                self._readahead.pool.submit(self._decode_group, group)
-                group, group_bytes = [], 0
-            if group and (group_bytes >= GROUP_BYTES or index == last):
+            if group and (flight is None or group_bytes >= GROUP_BYTES):
                 self._readahead.pool.submit(self._decode_group, group)
                 group, group_bytes = [], 0
             index += 1

@@ -30,8 +30,8 @@ from typing import Callable, Deque, Dict, Optional, Tuple
 
 import numpy as np
 
-from .codecs import DEFAULT_MIN_SAVING_PPM, DecodeError, decode_chunk, untyped_level
-from .compress import AtomicOutput, encode_at, plan_chunks
+from .codecs import DEFAULT_MIN_SAVING_PPM, DecodeError, decode_chunk
+from .compress import AtomicOutput, encode_at, layout_level, plan_chunks
 from .container import DEFAULT_CHUNK_SIZE, Container, ContainerWriter, checksum
 from .errors import CorruptContainer, FpfsError
 from .formats import FormatError, Layout
@@ -169,7 +169,7 @@ class StreamingCompressor:
             self._give_up("coded against a base")
             return False
         self._layout = layout
-        self._level = untyped_level(sum(r.length for r in layout.regions if r.tensor is None))
+        self._level = layout_level(layout)
         self._todo.extend(plan_chunks(layout, self._chunk_size))
         self._chunk_count = len(self._todo)
         prefix = os.pread(self._fd, layout.prefix_length, 0)

@@ -3,8 +3,9 @@ file at the top of the backing tree (never in the user's directory, so an `rmdir
 after a close never sees it - FUSE's release is asynchronous); when the last writer closes
 it, it is stored for good: content that fpfs recognises (fpfs.formats: sniffed, not named)
 is compressed to TARGET.fpz (a safetensors file written in order already is, chunk by
-chunk as its bytes arrived: fpfs/stream_compress.py) - as a delta when a file beside it holds the same tensors (a
-checkpoint saved next to the previous one, a fine-tune next to its base) - anything else
+chunk as its bytes arrived: fpfs/stream_compress.py) - as a delta when a file beside it
+holds the same tensors (a checkpoint saved next to the previous one, a fine-tune next to
+its base) - anything else
 published as TARGET, each atomically (temporary file, fsync, rename). The previous version
 stays intact until then, so a crash or a full disk loses at most the file being written.
 A staged file carries the owner, mode and extended attributes the stored file will have.
