@@ -14,7 +14,8 @@
 #if defined(__GNUC__) && defined(__x86_64__)
 #define FPFS_HAVE_AVX2_KERNELS 1
 #include <immintrin.h>
-#define FPFS_AVX2 __attribute__((target("avx2")))
+/* popcnt too: every AVX2 CPU has it, and without it __builtin_popcount is a libgcc call */
+#define FPFS_AVX2 __attribute__((target("avx2,popcnt")))
 #endif
 
 #ifdef FPFS_HAVE_AVX2_KERNELS
@@ -45,7 +46,7 @@ static void fpfs_simd_init(int level) {
     int best = FPFS_SIMD_PORTABLE;
 #ifdef FPFS_HAVE_AVX2_KERNELS
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt"))
         best = FPFS_SIMD_AVX2;
 #endif
     fpfs_simd_level = (level >= 0 && level < best) ? level : best;

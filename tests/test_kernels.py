@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fpfs import _kernels
+from tests.simd import each_kernel, restore_kernel  # noqa: F401  (autouse fixture)
 from fpfs._kernels import (KernelError, decode_planes_into, planes_payload,
                            normalized_freqs, rans_decode_bytes, rans_encode_bytes)
 
@@ -479,3 +480,29 @@ def test_repeated_words_sees_repeats_not_skew():
     assert _kernels.repeated_words(row * 100) == 99 * 8
     assert _kernels.repeated_words(bytes(4096)) == 512
     assert _kernels.repeated_words(b"1234567") == 0
+
+
+# -- MASKED's scatter ----------------------------------------------------------------------
+@SETTINGS
+@given(st.sampled_from([1, 2, 4, 8]), st.integers(0, 2100), st.floats(0.0, 1.0),
+       st.integers(0, 2**32 - 1))
+def test_mask_expand_kernels_match_numpy(width, count, density, seed):
+    """Every kernel (SIMD and portable) scatters the values where the mask bits are set and
+    zeros elsewhere, for any element count (partial last groups of eight too), and refuses
+    a mask whose bit count is not k."""
+    rng = np.random.default_rng(seed)
+    dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[width]
+    keep = rng.random(count) < density
+    k = int(keep.sum())
+    values = rng.integers(1, 255, k * width + _kernels.MASK_SLACK, dtype=np.uint8)
+    expected = np.zeros(count, dtype=dtype)
+    expected[keep] = values[:k * width].view(dtype)
+    mask = np.packbits(keep, bitorder="little")
+    for _ in each_kernel():
+        out = np.full(count * width, 0xA5, dtype=np.uint8)      # poisoned
+        if count:
+            _kernels.mask_expand(out, mask, values, k, width)
+        assert out.tobytes() == expected.tobytes()
+        if k:
+            with pytest.raises(KernelError):
+                _kernels.mask_expand(out, mask, values, k - 1, width)
