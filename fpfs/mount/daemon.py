@@ -84,8 +84,9 @@ def _keep_thread_state() -> None:
 
 
 class _FUSE(fuse.FUSE):
-    """mfusepy's FUSE with a read that hands our operations libfuse's buffer, so decoded
-    bytes are copied once, straight into it (mfusepy would memmove a returned object)."""
+    """mfusepy's FUSE with a read and a write that hand our operations libfuse's buffer,
+    so decoded bytes are copied once, straight into it (mfusepy would memmove a returned
+    object), and written bytes go to the staging file without a copy in between."""
 
     def _wrapper(self, func, *args, **kwargs):
         _keep_thread_state()
@@ -94,6 +95,13 @@ class _FUSE(fuse.FUSE):
     def read(self, path, buf, size, offset, fip):
         return self.operations.read_into(path, ctypes.cast(buf, ctypes.c_void_p).value,
                                          size, offset, fip.contents)
+
+    def write(self, path, buf, size, offset, fip):
+        """libfuse's buffer as a memoryview, valid for the call (mfusepy would copy it
+        into a bytes object first: a third copy of every byte saved)."""
+        data = memoryview((ctypes.c_char * size).from_address(
+            ctypes.cast(buf, ctypes.c_void_p).value or 0)) if size else b""
+        return self.operations.write(self._decode(path), data, offset, fip.contents)
 
     # mfusepy drops the open file of these (libfuse3 passes it for ftruncate and, with
     # a NULL path, for an open file it has no name for) and turns UTIME_NOW/UTIME_OMIT

@@ -95,7 +95,7 @@ class LocalReadOperations(ReadOperations):
             raise FuseOSError(errno.EBADF)
         return handle
 
-    def _meta_targets(self, path: Optional[str], fi=None) -> List[str]:
+    def _meta_targets(self, path: Optional[str], fi=None, first: bool = False) -> List[str]:
         """The backing files a metadata change (chmod, chown, utimens, xattrs) applies to:
         a file being written has its staging file (what is stored at close) and its
         current version (kept if nothing is written after all). path is None when libfuse
@@ -112,6 +112,10 @@ class LocalReadOperations(ReadOperations):
             return [hidden.staged.path if hidden.staged is not None else hidden.path]
         staged = self._staged(path)
         targets = [staged.path] if staged is not None else []
+        if first and targets:
+            # getxattr, which the kernel sends before every write (security.capability):
+            # no lookups of the backing tree when the staging file answers
+            return targets
         real, _ = self._lookup(path)
         if real is not None:
             targets.append(real)
@@ -213,11 +217,11 @@ class LocalReadOperations(ReadOperations):
 
     # -- extended attributes (passed through to the backing file) ------------------------
     def getxattr(self, path, name, position=0):
-        real = self._meta_targets(path)[0]
+        real = self._meta_targets(path, first=True)[0]
         return os.getxattr(real, name, follow_symlinks=False)
 
     def listxattr(self, path):
-        return os.listxattr(self._meta_targets(path)[0], follow_symlinks=False)
+        return os.listxattr(self._meta_targets(path, first=True)[0], follow_symlinks=False)
 
 
 class HiddenFile:

@@ -9,7 +9,7 @@ import stat
 from typing import Dict
 
 from ..container import SUFFIX
-from .ops import FuseOSError
+from .ops import IO_BLOCK, FuseOSError
 
 
 def fuse_attrs(st: os.stat_result) -> dict:
@@ -17,6 +17,7 @@ def fuse_attrs(st: os.stat_result) -> dict:
         "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_ino", "st_rdev", "st_blocks")}
     for key in ("st_atime", "st_mtime", "st_ctime"):
         attrs[key] = getattr(st, key + "_ns")
+    attrs["st_blksize"] = IO_BLOCK
     return attrs
 
 

@@ -33,6 +33,10 @@ FuseOSError = fuse.FuseOSError
 
 STATUS_NAME = ".fpfs-status"       # virtual file read by `fpfs status`; not listed
 STATUS_SIZE = 1 << 16
+# st_blksize of every file shown: cp, rsync and stdio size their buffers by it. A 1 MiB
+# write(2) is one FUSE request (libfuse's max_write), a 128 KiB one (cp's default) is eight
+# times the round trips, each with the kernel's GETXATTR security.capability.
+IO_BLOCK = 1 << 20
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 

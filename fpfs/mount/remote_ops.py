@@ -18,7 +18,7 @@ from ..packed_file import PackedFile
 from ..readahead import DEFAULT_WINDOW
 from ..store.manifest import Entry
 from ..store.remote_tree import RemoteConfig, open_tree
-from .ops import STATUS_NAME, WRITE_FLAGS, FuseOSError, Handle, ReadOperations, shown_names
+from .ops import IO_BLOCK, STATUS_NAME, WRITE_FLAGS, FuseOSError, Handle, ReadOperations, shown_names
 
 log = logging.getLogger("fpfs.mount")
 
@@ -85,6 +85,7 @@ class RemoteOperations(ReadOperations):
             self._saw_attrs(path, (e.etag, e.size))
         return {"st_mode": mode, "st_nlink": 2 if e.kind == "dir" else 1, "st_size": size,
                 "st_uid": self._uid, "st_gid": self._gid, "st_blocks": (e.size + 511) // 512,
+                "st_blksize": IO_BLOCK,
                 "st_atime": e.mtime_ns, "st_mtime": e.mtime_ns, "st_ctime": e.mtime_ns}
 
     def readdir(self, path, fh):
