@@ -142,6 +142,15 @@ def drop_caches() -> None:
 _hold_memory = False      # set while guest_memory_held is in force
 
 
+def peak_rss_mib(pid: int) -> int:
+    """A process's peak resident set (VmHWM), MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) >> 10
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
 def fresh_start() -> None:
     """Before each timed run: the page cache dropped and, while the guest's memory is held,
     all free memory touched again (the host takes back pages however it was told, so a
@@ -260,8 +269,11 @@ class Scale:
         return best
 
     def on_mount(self, loader: str, paths: List[str], *mount_args: str) -> dict:
-        with mounted(self.packed, self.mnt, *mount_args):
-            return run_loader(loader, *[self.in_mount(p) for p in paths])
+        """loader through a fresh mount; with the daemon's peak RSS (MiB) over the load."""
+        with mounting.mounted(self.packed, self.mnt, *mount_args) as m:
+            result = run_loader(loader, *[self.in_mount(p) for p in paths])
+            result["daemon_rss_mib"] = peak_rss_mib(m.pid)
+            return result
 
     def on_lmzip(self, loader: str, model_dir: str, files: List[str]) -> dict:
         store = os.path.join(self.data, "lmzip-store")
@@ -292,7 +304,8 @@ class Scale:
             "fpfs.load_file", *[self.packed_path(p) for p in shards]))
         self.row(f"`load_file`, {len(shards)} shards, every tensor copied", raw, mnt,
                  "per shard GB/s: raw " + shard_speeds(raw, shards) + "; mount "
-                 + shard_speeds(mnt, shards), size)
+                 + shard_speeds(mnt, shards) + f"; daemon peak RSS {mnt['daemon_rss_mib']}"
+                 " MiB (default `--cache-size`)", size)
         self.row("`fpfs.load_file` (no FUSE) vs raw `load_file`", raw, fl, "", size)
         if self.args.peers and shutil.which("lmz"):
             lmz = self.best("load_file lmzip mount", lambda: self.on_lmzip(
