@@ -142,6 +142,18 @@ def drop_caches() -> None:
 _hold_memory = False      # set while guest_memory_held is in force
 
 
+def _tree_bytes(root: str) -> int:
+    """Bytes of the files under root, each inode once (the store hard-links bases)."""
+    seen, total = set(), 0
+    for d, _, names in os.walk(root):
+        for n in names:
+            st = os.lstat(os.path.join(d, n))
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
 def peak_rss_mib(pid: int) -> int:
     """A process's peak resident set (VmHWM), MiB."""
     with open(f"/proc/{pid}/status") as f:
@@ -422,9 +434,12 @@ class Scale:
         files = scale_models.make_chain(chain_dir)
         back_chain, back_alone = os.path.join(self.data, "chain.fpfs"), \
             os.path.join(self.data, "alone.fpfs")
+        back_shallow = os.path.join(self.data, "chain-depth1.fpfs")
         last = files[-1]
         if not os.path.isdir(back_chain):
             cli("compress", chain_dir, back_chain, timeout=3600)
+        if not os.path.isdir(back_shallow):
+            cli("compress", "--max-depth", "1", chain_dir, back_shallow, timeout=3600)
         if not os.path.isdir(back_alone):
             os.makedirs(back_alone)
             cli("compress", "--no-delta", last,
@@ -436,10 +451,18 @@ class Scale:
             with mounted(backing, self.mnt):
                 return run_loader("read", os.path.join(self.mnt, os.path.basename(last)))
         chain = self.best("delta chain read", lambda: read_through(back_chain))
+        shallow = self.best("--max-depth 1 read", lambda: read_through(back_shallow))
         alone = self.best("stored alone read", lambda: read_through(back_alone))
+
+        def stored(root: str) -> str:
+            return f"{_tree_bytes(root) / 1e6:.0f} MB"
         self.row(f"sequential read of a checkpoint stored as a delta {depth} deep vs alone",
-                 alone, chain, f"chain at {alone['seconds'] / chain['seconds']:.2f}x alone",
+                 alone, chain, f"chain at {alone['seconds'] / chain['seconds']:.2f}x alone; "
+                 f"the {len(files)} checkpoints stored in {stored(back_chain)}",
                  os.path.getsize(last))
+        self.row("same, compressed with `--max-depth 1` (1 deep)", alone, shallow,
+                 f"{alone['seconds'] / shallow['seconds']:.2f}x alone; the {len(files)} "
+                 f"checkpoints stored in {stored(back_shallow)}", os.path.getsize(last))
 
     # -- report --------------------------------------------------------------------------
     def table(self) -> str:

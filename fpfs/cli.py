@@ -9,7 +9,7 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from .bases import BASES_DIR
+from .bases import BASES_DIR, MAX_CHAIN
 from .commands import EXIT_FAIL, EXIT_USAGE
 from .commands.compress import cmd_compress
 from .commands.decompress import cmd_decompress
@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "automatically among the files compressed before it")
     c.add_argument("--no-delta", action="store_true",
                    help="store every file on its own, never as a delta")
+    c.add_argument("--max-depth", type=int, default=MAX_CHAIN, metavar="N",
+                   help="longest chain of deltas: a file is coded only against a base at "
+                        f"most N-1 deep (1..{MAX_CHAIN}, default {MAX_CHAIN}). Each level "
+                        "is one more decode per chunk read: the newest of four checkpoints "
+                        "read twice as fast at 1 as at 4, the series stored about 6 %% "
+                        "larger (docs/BENCHMARKS.md, At real size)")
     c.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE,
                    help="original bytes per independently decodable chunk (default 256K)")
     c.add_argument("--threads", type=int, default=None,

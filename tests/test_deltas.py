@@ -79,6 +79,23 @@ def test_no_delta_and_forced_base(series, src_tree, tmp_path):
         assert hashlib.sha256(f.read()).hexdigest() == digest(series[4])
 
 
+def test_max_depth_bounds_the_chain(series, src_tree, tmp_path):
+    """--max-depth 1: every checkpoint is coded against one stored on its own (here the
+    first), never against another delta; files stay exact. Out of range is a usage error."""
+    shallow = tmp_path / "shallow"
+    cli("compress", "--max-depth", "1", str(src_tree), str(shallow), check=True)
+    first = container_stats(fpz(shallow, STEPS[0]))
+    assert first["base"] is None
+    for step in STEPS[1:]:
+        with fpfs.open(fpz(shallow, step)) as f:
+            assert f.depth == 1, step
+            assert hashlib.sha256(f.read()).hexdigest() == digest(series[step])
+    for bad in ("0", "99"):
+        r = cli("compress", "--max-depth", bad, str(src_tree), str(tmp_path / bad))
+        assert r.returncode != 0 and "--max-depth" in r.stderr
+        assert not (tmp_path / bad).exists()
+
+
 def test_mount_reads_every_file_in_random_order(series, packed, tmp_path):
     rng = np.random.default_rng(5)
     originals = {s: open(p, "rb").read() for s, p in series.items()}

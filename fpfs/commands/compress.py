@@ -82,7 +82,8 @@ class _Compressor:
             return None
         if self.forced_base:
             return self.forced_base
-        usable = [(p, l) for p, l in self.candidates if self.depth.get(p, 0) < MAX_CHAIN]
+        usable = [(p, l) for p, l in self.candidates
+                  if self.depth.get(p, 0) < self.args.max_depth]
         return choose_base(layout, usable)
 
     def _say(self, src, dst, size, stored, fmt, base) -> None:
@@ -98,6 +99,8 @@ def cmd_compress(args) -> int:
         raise UserError(f"{src}: no such file or directory")
     if args.base and not os.path.isfile(args.base):
         raise UserError(f"--base {args.base}: no such file")
+    if not 1 <= args.max_depth <= MAX_CHAIN:
+        raise UserError(f"--max-depth {args.max_depth}: must be 1..{MAX_CHAIN}")
     if args.base and args.no_delta:
         raise UserError("--base and --no-delta contradict each other")
     try:
