@@ -4,13 +4,12 @@ slices. This is the whole read path; the FUSE layer only translates paths and er
 from __future__ import annotations
 
 import bisect
-import time
 from typing import Optional, Union
 
 import numpy as np
 
 from .bases import MAX_CHAIN, find_base
-from .cache import ChunkCache
+from .cache import ChunkCache, DecodeTimer
 from .container import Container
 from .errors import CorruptContainer, MissingBase
 from .readahead import GROUP_BYTES, ReadAhead, Streams
@@ -153,14 +152,16 @@ class PackedFile:
                         break
                     claimed.append((identity, index + len(claimed)))
                     stop = nstart + nlength
-                t0 = time.perf_counter()
+                timer = DecodeTimer()
                 try:
-                    self.container.decode_run_into(index, index + len(claimed) - 1,
-                                                   memoryview(dst[pos - offset:stop - offset]))
+                    with timer:
+                        self.container.decode_run_into(
+                            index, index + len(claimed) - 1,
+                            memoryview(dst[pos - offset:stop - offset]))
                 finally:
                     for k in claimed:
                         cache.abandon(k)
-                cache.record_direct(stop - pos, time.perf_counter() - t0)
+                cache.record_direct(stop - pos, timer.seconds)
                 if self._served:
                     self._served[index:index + len(claimed)] = b"\1" * len(claimed)
             else:
@@ -228,15 +229,16 @@ class PackedFile:
         keys = [(c.identity, i) for i in range(first, last + 1)]
         start = c.chunk_span(first)[0]
         end = sum(c.chunk_span(last))
-        t0 = time.perf_counter()
+        timer = DecodeTimer()
         try:
             buf = np.empty(end - start, dtype=np.uint8)
-            c.decode_run_into(first, last, memoryview(buf))
+            with timer:
+                c.decode_run_into(first, last, memoryview(buf))
         except BaseException:
             for k in keys:
                 self.cache.abandon(k)
             return
-        share = (time.perf_counter() - t0) / (end - start)
+        share = timer.seconds / (end - start)
         for k, i in zip(keys, range(first, last + 1)):
             cstart, length = c.chunk_span(i)
             self.cache.fulfil(k, buf[cstart - start:cstart - start + length], share * length)

@@ -308,3 +308,23 @@ def test_stopped_readers_do_not_hold_the_ahead_budget(model):
     finally:
         pf.close()
         ra.shutdown()
+
+
+def test_decode_timer_counts_nested_decodes_once():
+    """A decode nested in another (a delta's base chunk) is counted by itself, not again in
+    the outer one; the seconds are this thread's CPU time, not time spent waiting."""
+    import time
+    from fpfs.cache import DecodeTimer
+
+    def spin(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+    with DecodeTimer() as outer:
+        spin(0.05)
+        with DecodeTimer() as inner:
+            spin(0.05)
+            time.sleep(0.1)                 # waiting is not decoding
+        spin(0.05)
+    assert 0.04 < inner.seconds < 0.09
+    assert 0.09 < outer.seconds < 0.16
