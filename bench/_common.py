@@ -66,8 +66,12 @@ def write_docs_section(section: str, text: str, docs: str = DOCS) -> None:
     <!-- /section --> markers of docs/BENCHMARKS.md (a new section at the end if the
     markers are not there yet), so the tables there are what the scripts print."""
     start, end = f"<!-- {section} -->", f"<!-- /{section} -->"
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] +
-                                   [a for a in sys.argv[1:] if a != "--write-docs"])
+    args, skip = [], False
+    for a in sys.argv[1:]:          # without --write-docs and where raw numbers were saved
+        if not skip and a != "--write-docs" and a != "--json":
+            args.append(a)
+        skip = a == "--json"
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + args)
     lines = text.strip("\n").splitlines()
     if lines and lines[0].startswith("#"):          # the docs have the section's heading
         lines = lines[1:]

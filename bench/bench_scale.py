@@ -478,6 +478,11 @@ class Scale:
             lines.append(f"| {what} | {size / 1e9:.2f} GB | {b:.2f} s ({size / b / 1e9:.2f} "
                          f"GB/s) | {o:.2f} s ({size / o / 1e9:.2f} GB/s) | {o / b:.2f}x | "
                          f"{note} |")
+        lines += ["", "Baseline: the raw files from the same disk (for the pinned-core row: the "
+                  "daemon on one core; for the in-process row: `fpfs.open().readinto` on all "
+                  "cores; for the delta rows: the same checkpoint stored alone). Time ratios: "
+                  "below 1 is fpfs faster. Weights are random normal (ratios of real weights: "
+                  "the tables below)."]
         return "\n".join(lines)
 
     def run(self) -> None:
