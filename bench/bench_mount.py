@@ -5,7 +5,7 @@ file against the same file read through `fpfs mount`, side by side in one run.
     python bench/bench_mount.py [--repeat N] [--random-reads N] [--cache-size SIZE]
 
 Each dtype is compressed with `fpfs compress` into its own backing directory and mounted with
-`fpfs mount` (background, default options except --cache-size); every mount is undone with
+`fpfs mount` (background, default options; --cache-size if given); every mount is undone with
 `fpfs umount`. The raw file is always in the page cache (the best case for it); the .fpz
 backing file is read once first, so through the mount the cost measured is FUSE + decode, not
 the disk. "Cold" means a fresh mount: empty fpfs chunk cache and no kernel page cache for the
@@ -187,7 +187,7 @@ def bench_dtype(name: str, work: str, args) -> dict:
     cli("compress", src, backing)
     fpz = os.path.join(backing, os.path.basename(raw) + ".fpz")
     through = os.path.join(mnt, os.path.basename(raw))
-    extra = ("--cache-size", args.cache_size)
+    extra = ("--cache-size", args.cache_size) if args.cache_size else ()
     r = {"size": size, "stored": os.path.getsize(fpz), "rss": []}
     raw_hash = file_hash(raw)
     read_all(fpz)                                   # backing file into the page cache
@@ -261,7 +261,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="best of N for throughput (default 3)")
     ap.add_argument("--random-reads", type=int, default=2000,
                     help="4 KiB preads per latency run (default 2000)")
-    ap.add_argument("--cache-size", default="1G", help="fpfs mount --cache-size (default 1G)")
+    ap.add_argument("--cache-size", default=None,
+                    help="fpfs mount --cache-size (default: the mount's own default)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--write-docs", action="store_true",
                     help="also put the report into docs/BENCHMARKS.md")
