@@ -23,6 +23,16 @@ if REPO not in sys.path:
 from tests import mounting  # noqa: E402
 
 
+def proc_memory(pid: int, field: str = "VmRSS") -> int:
+    """Bytes a process's /proc status gives for field (VmRSS now, VmHWM its peak); 0 if
+    it has none."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) << 10
+    return 0
+
+
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m fpfs.cli ARGS`; raises if it fails."""
     return mounting.cli(*args, timeout=timeout, check=True)

@@ -114,14 +114,6 @@ def drop_caches() -> None:
         f.write("3\n")
 
 
-def rss_of(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) << 10
-    return 0
-
-
 # -- loaders -------------------------------------------------------------------------------------
 class Run(dict):
     """seconds, fetched (bytes, when the loader counts them), wire (lo bytes / 2), rss."""
@@ -185,10 +177,11 @@ def s3fs_mounted(endpoint: str, bucket: str, work: str):
 
 
 def s3fs_run(endpoint: str, bucket: str, rel: str, work: str) -> Run:
+    from bench._common import proc_memory
     with s3fs_mounted(endpoint, bucket, work) as (mnt, pid):
         def load():
             got = timed_load(os.path.join(mnt, rel))
-            return Run(seconds=got["seconds"], rss=rss_of(pid), fetched=None)
+            return Run(seconds=got["seconds"], rss=proc_memory(pid), fetched=None)
         return measure(load)
 
 

@@ -53,7 +53,7 @@ from typing import Dict, Iterator, List, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench._common import cli, mounted, write_docs_section  # noqa: E402
+from bench._common import cli, mounted, proc_memory, write_docs_section  # noqa: E402
 from tests import mounting  # noqa: E402
 from bench.bench_codec import cpu_model  # noqa: E402
 from bench import scale_models  # noqa: E402
@@ -152,15 +152,6 @@ def _tree_bytes(root: str) -> int:
                 seen.add((st.st_dev, st.st_ino))
                 total += st.st_size
     return total
-
-
-def peak_rss_mib(pid: int) -> int:
-    """A process's peak resident set (VmHWM), MiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) >> 10
-    raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
 def fresh_start() -> None:
@@ -284,7 +275,7 @@ class Scale:
         """loader through a fresh mount; with the daemon's peak RSS (MiB) over the load."""
         with mounting.mounted(self.packed, self.mnt, *mount_args) as m:
             result = run_loader(loader, *[self.in_mount(p) for p in paths])
-            result["daemon_rss_mib"] = peak_rss_mib(m.pid)
+            result["daemon_rss_mib"] = proc_memory(m.pid, "VmHWM") >> 20
             return result
 
     def on_lmzip(self, loader: str, model_dir: str, files: List[str]) -> dict:

@@ -29,19 +29,12 @@ from collections import defaultdict
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bench._common import proc_memory               # noqa: E402
 from fpfs.options import parse_size                 # noqa: E402
 from tests.mounting import compress, mounted         # noqa: E402
 from tests.weights import real_weights_file          # noqa: E402
 
 MiB = 1 << 20
-
-
-def daemon_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def pct(values, q):
@@ -137,7 +130,7 @@ def main() -> int:
             for t in threads:
                 t.start()
             while any(t.is_alive() for t in threads):
-                rss.append((time.monotonic() - t0, daemon_rss(m.pid)))
+                rss.append((time.monotonic() - t0, proc_memory(m.pid)))
                 time.sleep(1)
             for t in threads:
                 t.join()
