@@ -202,8 +202,8 @@ class ChunkCache:
         flight.event.set()
 
     def discard(self, key: Hashable) -> None:
-        """A sequential reader has read all of key: drop it (the kernel's page cache
-        keeps those bytes; nothing else reads them again soon)."""
+        """Readers behind the mount have read all of key: drop it (the kernel's page
+        cache keeps those bytes; nothing else reads them again soon)."""
         with self._lock:
             value = self._ahead.pop(key, None)
             if value is not None:

@@ -4,7 +4,8 @@ slices. This is the whole read path; the FUSE layer only translates paths and er
 from __future__ import annotations
 
 import bisect
-from typing import Optional, Union
+import threading
+from typing import Dict, Optional, Union
 
 import numpy as np
 
@@ -48,10 +49,16 @@ class PackedFile:
         self._readahead = readahead if readahead is not None and readahead.window else None
         self._streams = Streams()
         self._prefix = np.frombuffer(self.container.prefix, dtype=np.uint8)
-        # Chunks some read has taken to their end (the kernel's page cache has them, so
-        # they are not decoded ahead again), and where tensors start: chunks are cut at
-        # multiples of the chunk size, so a chunk that starts elsewhere starts a region.
-        self._served = bytearray(len(self.container)) if self._readahead else bytearray()
+        # Behind the mount (readahead given) every byte read lands in the kernel's page
+        # cache, which serves it again: a chunk whose bytes have all been read is dropped
+        # from the chunk cache and not decoded ahead again (_served), and of chunks partly
+        # read, how many bytes have been (_taken; the kernel asks for each page once).
+        self._served = bytearray(len(self.container)) if readahead is not None \
+            else bytearray()
+        self._taken: Dict[int, int] = {}
+        self._taken_lock = threading.Lock()
+        # Where tensors start: chunks are cut at multiples of the chunk size, so a chunk
+        # that starts elsewhere starts a region.
         offsets = self.container.table["orig_offset"]
         self._region_starts = offsets[offsets % self.container.chunk_size != 0].tolist() \
             if self._readahead else []
@@ -113,8 +120,8 @@ class PackedFile:
         decoding are decoded straight into out - no allocation, no page faults, no second
         copy - and only the partly read chunks at the edges go through the cache, where the
         neighbouring request will find them. A read that continues a sequential stream
-        first has the chunks after it decoded ahead (readahead), and drops from the cache
-        the chunks it reads to their end. Raises CorruptChunk (nothing returned is ever
+        first has the chunks after it decoded ahead (readahead); behind the mount, a
+        chunk leaves the cache once all its bytes have been read. Raises CorruptChunk (nothing returned is ever
         wrong)."""
         dst = np.frombuffer(out, dtype=np.uint8)
         if offset < 0:
@@ -126,11 +133,10 @@ class PackedFile:
             stop = min(end, plen)
             dst[:stop - pos] = self._prefix[pos:stop]
             pos = stop
-        sequential = False
         if pos < end:
             if self._readahead is not None:
-                sequential, ahead = self._streams.note(offset, end, self._readahead.window,
-                                                       self._region_start)
+                ahead = self._streams.note(offset, end, self._readahead.window,
+                                           self._region_start)
                 if ahead is not None:
                     self._decode_ahead(*ahead)
             self.prepare(pos, end)
@@ -167,13 +173,22 @@ class PackedFile:
             else:
                 chunk = cached if cached is not None else self.chunk(index)
                 dst[pos - offset:stop - offset] = chunk[pos - start:stop - start]
-                if stop == start + length:
-                    if self._served:
-                        self._served[index] = 1
-                    if sequential:
-                        cache.discard(key)
+                if self._served:
+                    self._took(index, stop - pos, length)
             pos = stop
         return max(0, end - offset)
+
+    def _took(self, index: int, nbytes: int, length: int) -> None:
+        """A reader behind the page cache took nbytes more of chunk index: once it has
+        taken them all, the chunk leaves the cache (a chunk read twice, as after the
+        kernel dropped its pages, only leaves early and is decoded again if read again)."""
+        with self._taken_lock:
+            taken = self._taken.pop(index, 0) + nbytes
+            if taken < length:
+                self._taken[index] = taken
+                return
+            self._served[index] = 1
+        self.cache.discard((self.container.identity, index))
 
     def _region_start(self, pos: int) -> int:
         """Where the first region (tensor) at or after pos starts (the file size if none)."""

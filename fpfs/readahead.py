@@ -62,10 +62,9 @@ class Streams:
         self._lock = threading.Lock()
 
     def note(self, offset: int, end: int, max_window: int,
-             boundary: Callable[[int], int]) -> Tuple[bool, Optional[Tuple[int, int]]]:
+             boundary: Callable[[int], int]) -> Optional[Tuple[int, int]]:
         """Record a read of [offset, end). boundary(pos): where the first tensor (region)
-        at or after pos starts. Returns (sequential, ahead): whether the read continues a
-        stream, and the byte range to decode ahead now (or None)."""
+        at or after pos starts. Returns the byte range to decode ahead now, or None."""
         slack = SLACK_READS * (end - offset)
         with self._lock:
             for s in self._streams:
@@ -75,28 +74,28 @@ class Streams:
                 if len(self._streams) >= MAX_STREAMS:
                     del self._streams[0]
                 self._streams.append(_Stream(end))
-                return False, None
+                return None
             self._streams.remove(s)             # most recently used last
             self._streams.append(s)
             if end <= s.end:                    # behind its end: no progress to count
-                return True, None
+                return None
             s.reads += 1
             if boundary(s.end) < end:
                 s.crosses = True
             s.end = end
             if s.reads < SEQUENTIAL_READS or not max_window:
-                return True, None
+                return None
             s.window = min(max_window, max(FIRST_WINDOW, 2 * s.window))
             start = max(s.scheduled, s.end)
             target = s.end + s.window
             if not s.crosses:
                 target = min(target, boundary(s.end))
                 if target <= start:
-                    return True, None
+                    return None
             if target - start < GROUP_BYTES and target < s.end + s.window:
-                return True, None       # little to add: wait for a group's worth
+                return None       # little to add: wait for a group's worth
             s.scheduled = max(s.scheduled, target)
-            return True, (start, target)
+            return start, target
 
     def scheduled_to(self, end_before: int, got_to: int) -> None:
         """Ahead decoding stopped at got_to (the budget was full) instead of end_before."""

@@ -617,6 +617,78 @@ def test_replaced_backing_file(tree, originals, tmp_path):
         assert m.status()["read_errors"] == 0
 
 
+# A child maps a mounted file and, once told to, walks it page by page against what it
+# may legitimately see: the file as it was when mapped. It prints how far it got; a page
+# the mount cannot serve any more kills it with SIGBUS (the mapping's EIO).
+_WALK_MAPPING = """
+import mmap, os, sys
+path, expected_path = sys.argv[1:3]
+expected = open(expected_path, "rb").read()
+f = open(path, "rb")
+m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+print("mapped", len(m), flush=True)
+sys.stdin.readline()
+os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)   # nothing stays cached
+step = 64 << 10
+for off in range(0, len(m), step):
+    if m[off:off + step] != expected[off:off + step]:
+        print("WRONG", off, flush=True)
+        sys.exit(3)
+    print("ok", off, flush=True)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("change", ["truncated", "replaced"])
+def test_backing_changed_under_a_mapping(tree, originals, tmp_path, change):
+    """A .fpz truncated in place, or replaced by another file, while a loader has the
+    mounted file mapped: its pages are the bytes it mapped or SIGBUS (EIO), never other
+    bytes; the daemon logs the error and goes on serving."""
+    import subprocess
+    import sys
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    target = backing / "w.safetensors.fpz"
+    shutil.copyfile(os.path.join(tree["backing"], tree["weights"]["BF16"] + SUFFIX), target)
+    expected = tmp_path / "expected"
+    expected.write_bytes(originals["BF16"])
+    with mounted(str(backing), str(tmp_path / "mnt")) as m:
+        path = m.path("w.safetensors")
+        child = subprocess.Popen([sys.executable, "-c", _WALK_MAPPING, path, str(expected)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline().split() == ["mapped", str(len(originals["BF16"]))]
+            if change == "truncated":
+                os.truncate(target, os.path.getsize(target) // 2)
+            else:
+                staged = tmp_path / "other.fpz"
+                shutil.copyfile(os.path.join(tree["backing"], tree["weights"]["F16"] + SUFFIX),
+                                staged)
+                os.replace(staged, target)
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            out, _ = child.communicate(timeout=120)
+        finally:
+            if child.poll() is None:
+                child.kill()
+        assert "WRONG" not in out, out[-300:]
+        if change == "truncated":
+            # the first chunks are still there and exact; the lost ones are EIO
+            assert child.returncode == -signal.SIGBUS, out[-300:]
+            assert out.count("ok") > 0
+            assert m.status()["read_errors"] >= 1
+            assert "read /w.safetensors" in m.log()
+            with pytest.raises(OSError) as exc:         # reopened: the file is damaged
+                read_bytes(path)
+            assert exc.value.errno == errno.EIO
+        else:
+            # the open file keeps the version it was opened with; a new open sees the new
+            assert child.returncode == 0 and out.endswith("done\n"), out[-300:]
+            assert read_bytes(path) == originals["F16"]
+        assert os.path.ismount(m.mountpoint) and process_alive(m.pid)
+        assert "Traceback" not in m.log()
+
+
 def test_missing_fuse_pieces_say_what_to_install(tmp_path, monkeypatch):
     """Without /dev/fuse or fusermount3 the mount refuses with a message that names the fix
     (checked in-process: this machine has both)."""

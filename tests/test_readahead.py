@@ -62,17 +62,17 @@ def note(s: Streams, offset: int, end: int, boundary=lambda pos: 1 << 62):
 
 def test_streams_need_consecutive_reads():
     s = Streams()
-    assert note(s, 0, MiB) == (False, None)
+    assert note(s, 0, MiB) is None
     for k in range(1, SEQUENTIAL_READS - 1):
-        assert note(s, k * MiB, (k + 1) * MiB) == (True, None)
-    seq, ahead = note(s, (SEQUENTIAL_READS - 1) * MiB, SEQUENTIAL_READS * MiB)
-    assert seq and ahead == (SEQUENTIAL_READS * MiB, SEQUENTIAL_READS * MiB + FIRST_WINDOW)
+        assert note(s, k * MiB, (k + 1) * MiB) is None
+    ahead = note(s, (SEQUENTIAL_READS - 1) * MiB, SEQUENTIAL_READS * MiB)
+    assert ahead == (SEQUENTIAL_READS * MiB, SEQUENTIAL_READS * MiB + FIRST_WINDOW)
     # a far jump starts another stream; nothing ahead for it yet
-    assert note(s, 500 * MiB, 501 * MiB) == (False, None)
+    assert note(s, 500 * MiB, 501 * MiB) is None
     # the window grows while the first stream goes on, never past the largest
     windows = []
     for k in range(SEQUENTIAL_READS, SEQUENTIAL_READS + 12):
-        _, ahead = note(s, k * MiB, (k + 1) * MiB)
+        ahead = note(s, k * MiB, (k + 1) * MiB)
         if ahead:
             windows.append(ahead[1] - (k + 1) * MiB)
     assert max(windows) == 32 * MiB and windows == sorted(windows)
@@ -81,7 +81,7 @@ def test_streams_need_consecutive_reads():
     s = Streams()
     for _ in range(1000):
         off = int(rng.integers(0, 1 << 30)) & ~4095
-        assert note(s, off, off + 4096)[1] is None
+        assert note(s, off, off + 4096) is None
 
 
 def test_ahead_stops_at_the_tensor_end_until_a_stream_reads_across():
@@ -90,11 +90,11 @@ def test_ahead_stops_at_the_tensor_end_until_a_stream_reads_across():
     def boundary(pos):
         return next((b for b in tensor_starts if b >= pos), 1 << 62)
     s = Streams()
-    aheads = [note(s, k * MiB, (k + 1) * MiB, boundary)[1] for k in range(10)]
+    aheads = [note(s, k * MiB, (k + 1) * MiB, boundary) for k in range(10)]
     assert max(a[1] for a in aheads if a) == 10 * MiB       # not into the next tensor
     for k in range(10, 12):                                  # reads on across it
         note(s, k * MiB, (k + 1) * MiB, boundary)
-    _, ahead = note(s, 12 * MiB, 13 * MiB, boundary)
+    ahead = note(s, 12 * MiB, 13 * MiB, boundary)
     assert ahead is not None and ahead[1] > 13 * MiB + FIRST_WINDOW
 
 
@@ -113,6 +113,43 @@ def test_sequential_reads_decode_ahead_and_drop_what_was_read(model):
     finally:
         pf.close()
         ra.shutdown()
+
+
+@pytest.mark.parametrize("window", [0, 32 * MiB])
+def test_chunks_read_in_pieces_leave_once_every_byte_is_read(model, window):
+    """Behind the mount (a ReadAhead given, even with decode-ahead off) the kernel asks for
+    each page once, in any order: a chunk read in pieces, its last piece first, leaves the
+    cache once all its bytes were read; in-process readers (no ReadAhead) keep theirs."""
+    content, fpz = model
+    cache = ChunkCache(64 * MiB)
+    ra = ReadAhead(2, window)
+    pf = PackedFile(fpz, cache, ra)
+    rng = np.random.default_rng(2)
+    try:
+        pieces = []
+        for i in range(len(pf.container)):
+            start, length = pf.container.chunk_span(i)
+            cut = start + int(rng.integers(1, length)) // 4096 * 4096
+            pieces += [(cut, start + length), (start, cut)]     # the end first
+        order = rng.permutation(len(pieces) // 2)
+        for k in order:
+            for off, end in pieces[2 * k:2 * k + 2]:
+                if off < end:
+                    assert pf.pread(off, end - off) == content[off:end]
+        ra.pool.submit(lambda: None).result()
+        assert cache.used == 0, "chunks whose every byte was read are still held"
+    finally:
+        pf.close()
+        ra.shutdown()
+    pf = PackedFile(fpz, cache)
+    try:
+        start, length = pf.container.chunk_span(len(pf.container) // 2)
+        half = start + length // 2
+        assert pf.pread(half, start + length - half) == content[half:start + length]
+        assert pf.pread(start, half - start) == content[start:half]
+        assert cache.used >= length
+    finally:
+        pf.close()
 
 
 def test_random_reads_start_nothing(model):
