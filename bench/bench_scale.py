@@ -320,7 +320,7 @@ class Scale:
         fresh mount, one row."""
         raw = self.best(f"{loader} raw", lambda: run_loader(loader, path))
         mnt = self.best(f"{loader} mount", lambda: self.on_mount(loader, [path]))
-        self.row(what, raw, mnt, "", size)
+        self.row(what, raw, mnt, f"daemon peak RSS {mnt['daemon_rss_mib']} MiB", size)
 
     def part_pretrained(self) -> None:
         self.raw_vs_mount("from_pretrained", os.path.dirname(self.shards[0]),
