@@ -257,6 +257,40 @@ def test_written_in_order_is_compressed_on_the_way(model, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["m.safetensors.fpz"]
 
 
+@pytest.mark.parametrize("plain", [False, True])
+def test_staging_file_is_synced_only_when_it_is_what_is_stored(model, tmp_path, monkeypatch,
+                                                              plain):
+    """A file stored compressed is made durable by its container's fsync (and its
+    directory's): the staging file is not written out to the disk too. A file stored as
+    it is (here: random bytes, which nothing makes smaller) is the staging file: that one
+    is fsynced."""
+    from fpfs.mount import staging as staging_module
+    content, _ = model
+    if plain:
+        content = np.random.default_rng(3).integers(0, 256, MiB, dtype=np.uint8).tobytes()
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+    monkeypatch.setattr(staging_module.os, "fsync", fsync)
+    area = StagingArea(str(tmp_path))
+    staged = area.open(str(tmp_path / "m.safetensors"), None, False, True)
+    for off, n in in_order(len(content)):
+        os.pwrite(staged.fd, content[off:off + n], off)
+        area.wrote(staged, off, n)
+    area.commit(staged)
+    staging_file = staged.path
+    area.release(staged)
+    if plain:
+        assert staging_file in synced
+        assert open(tmp_path / "m.safetensors", "rb").read() == content
+    else:
+        assert staging_file not in synced and str(tmp_path) in synced   # the directory
+        assert stored_bytes(str(tmp_path / "m.safetensors.fpz")) == content
+
+
 def test_writes_a_little_out_of_order_still_stream(model, tmp_path):
     """The kernel's writeback sends several writes at once; FUSE threads serve them in any
     order."""

@@ -173,7 +173,10 @@ class StagingArea:
         ENOSPC: then the previous version is untouched and the staged data kept)."""
         if staged.orphaned:
             return
-        os.fsync(staged.fd)
+        # The staging file is made durable only where it is what gets stored: a copy into
+        # a hard-linked target (fsynced there) or a container written from it (fsynced
+        # with its directory) makes the new version durable without it, and its dirty
+        # pages die with it unwritten (a 2.3 GB shard copied in: 2.3 GB less to the disk).
         if _linked_plain(staged.target, staged.fd):
             _rewrite_in_place(staged)
             staged.dirty = False
@@ -183,7 +186,11 @@ class StagingArea:
             stored = self._store_compressed(staged)
         if stored:
             _remove_file(staged.target)                  # a plain older version
-        elif not _same_file(staged.target, staged.fd):  # (else published already)
+            _fsync_dir(os.path.dirname(staged.target))
+            staged.dirty = False
+            return
+        os.fsync(staged.fd)
+        if not _same_file(staged.target, staged.fd):    # (else published already)
             # Keep the staging file (open descriptors still use it): publish a copy-free
             # hard link under the target name, atomically replacing any old version.
             tmp = staged.path + ".publish"
