@@ -120,9 +120,9 @@ class PackedFile:
         decoding are decoded straight into out - no allocation, no page faults, no second
         copy - and only the partly read chunks at the edges go through the cache, where the
         neighbouring request will find them. A read that continues a sequential stream
-        first has the chunks after it decoded ahead (readahead); behind the mount, a
-        chunk leaves the cache once all its bytes have been read. Raises CorruptChunk (nothing returned is ever
-        wrong)."""
+        first has the chunks after it decoded ahead (readahead); behind the mount, a chunk
+        leaves the cache once all its bytes have been read. Raises CorruptChunk (nothing
+        returned is ever wrong)."""
         dst = np.frombuffer(out, dtype=np.uint8)
         if offset < 0:
             raise ValueError("negative offset")

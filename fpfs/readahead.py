@@ -93,7 +93,7 @@ class Streams:
                 if target <= start:
                     return None
             if target - start < GROUP_BYTES and target < s.end + s.window:
-                return None       # little to add: wait for a group's worth
+                return None             # little to add: wait for a group's worth
             s.scheduled = max(s.scheduled, target)
             return start, target
 
