@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from typing import Dict, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -53,9 +53,10 @@ class PackedFile:
         # cache, which serves it again: a chunk whose bytes have all been read is dropped
         # from the chunk cache and not decoded ahead again (_served), and of chunks partly
         # read, how many bytes have been (_taken; the kernel asks for each page once).
-        self._served = bytearray(len(self.container)) if readahead is not None \
-            else bytearray()
-        self._taken: Dict[int, int] = {}
+        # Arrays, not dicts: 5 bytes a chunk however many chunks random readers touch.
+        mounted = readahead is not None
+        self._served = bytearray(len(self.container)) if mounted else bytearray()
+        self._taken = np.zeros(len(self.container) if mounted else 0, dtype=np.uint32)
         self._taken_lock = threading.Lock()
         # Where tensors start: chunks are cut at multiples of the chunk size, so a chunk
         # that starts elsewhere starts a region.
@@ -183,10 +184,11 @@ class PackedFile:
         taken them all, the chunk leaves the cache (a chunk read twice, as after the
         kernel dropped its pages, only leaves early and is decoded again if read again)."""
         with self._taken_lock:
-            taken = self._taken.pop(index, 0) + nbytes
+            taken = int(self._taken[index]) + nbytes
             if taken < length:
                 self._taken[index] = taken
                 return
+            self._taken[index] = 0
             self._served[index] = 1
         self.cache.discard((self.container.identity, index))
 
