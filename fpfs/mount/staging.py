@@ -186,24 +186,23 @@ class StagingArea:
             stored = self._store_compressed(staged)
         if stored:
             _remove_file(staged.target)                  # a plain older version
-            _fsync_dir(os.path.dirname(staged.target))
-            staged.dirty = False
-            return
-        os.fsync(staged.fd)
-        if not _same_file(staged.target, staged.fd):    # (else published already)
-            # Keep the staging file (open descriptors still use it): publish a copy-free
-            # hard link under the target name, atomically replacing any old version.
-            tmp = staged.path + ".publish"
-            try:
-                os.link(staged.path, tmp)
-            except OSError:                              # no hard links here
-                shutil.copy2(staged.path, tmp)
-                copy_xattrs(staged.path, tmp)
-                st = os.stat(staged.path)
-                _chown(tmp, (st.st_uid, st.st_gid))
-                os.chmod(tmp, stat.S_IMODE(st.st_mode))
-            os.replace(tmp, staged.target)
-            _remove_file(staged.target + SUFFIX)         # a compressed older version
+        else:
+            os.fsync(staged.fd)
+            if not _same_file(staged.target, staged.fd):    # (else published already)
+                # Keep the staging file (open descriptors still use it): publish a
+                # copy-free hard link under the target name, atomically replacing any
+                # old version.
+                tmp = staged.path + ".publish"
+                try:
+                    os.link(staged.path, tmp)
+                except OSError:                          # no hard links here
+                    shutil.copy2(staged.path, tmp)
+                    copy_xattrs(staged.path, tmp)
+                    st = os.stat(staged.path)
+                    _chown(tmp, (st.st_uid, st.st_gid))
+                    os.chmod(tmp, stat.S_IMODE(st.st_mode))
+                os.replace(tmp, staged.target)
+                _remove_file(staged.target + SUFFIX)     # a compressed older version
         _fsync_dir(os.path.dirname(staged.target))
         staged.dirty = False
 
